@@ -1,0 +1,251 @@
+"""The LightningModule: a Hugging Face encoder, a pluggable head, the task's loss and metrics, the optimiser."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any
+
+import lightning as L
+from torch import Tensor
+
+from bertft import tasks
+from bertft.encoder import (
+    EncoderOutput,
+    forward_arguments,
+    load_encoder,
+    no_grad_if,
+    run_encoder,
+    set_requires_grad,
+)
+from bertft.heads import Head, MeanHead
+from bertft.optim import Schedule, make_optimizer, parameter_groups, warmup_then_decay
+from bertft.tasks import Task
+
+
+def head_from_config(config: dict[str, Any]) -> Head:
+    """Rebuilds a head from ``{"class_path": ..., "init_args": {...}}`` (a checkpoint's or a YAML's form).
+
+    Raises:
+        ValueError: The class path does not import, or does not name a :class:`~bertft.heads.Head` subclass.
+    """
+    class_path = config.get("class_path", "")
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(
+            f"head class_path {class_path!r} does not import ({err}). Give a full dotted path such as "
+            "bertft.heads.MeanHead, and make sure the package that defines your head is installed."
+        ) from err
+    if not (isinstance(cls, type) and issubclass(cls, Head)):
+        raise ValueError(f"head class_path {class_path!r} is not a subclass of bertft.heads.Head")
+    return cls(**config.get("init_args", {}))
+
+
+class FineTuner(L.LightningModule):
+    """Fine-tunes a BERT-family encoder with a pluggable head.
+
+    Args:
+        encoder: Encoder to fine-tune: ``minilm`` (the packaged all-MiniLM-L6-v2, offline), a Hugging Face hub name or
+            a local folder.
+        head: What turns the encoder's outputs into logits (default: :class:`~bertft.heads.MeanHead`). Sized by the
+            encoder.
+        task: ``classification`` (one label per text), ``multilabel`` (any number of labels) or ``regression``.
+        num_labels: Number of labels; the CLI takes it from the data.
+        label_names: Label names in logit order; the CLI takes them from the data and checkpoints keep them.
+        lr: Peak learning rate of the encoder (the top layer under layer-wise decay).
+        head_lr: Peak learning rate of the head (default: ``lr``).
+        mix_lr: Learning rate of a weighted-layer head's mixing weights, which get no weight decay.
+        weight_decay: AdamW weight decay; biases, norms and embeddings never decay.
+        layer_lr_decay: Layer-wise learning-rate decay: layer ``k`` of ``L`` trains at ``lr * decay ** (L + 1 - k)``,
+            the embeddings at ``lr * decay ** (L + 1)``; 1.0 turns it off.
+        warmup_ratio: Fraction of the optimiser steps spent warming up linearly from 0.
+        schedule: After warmup: ``linear`` or ``cosine`` decay to 0, or ``constant``.
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        fused: Use the fused AdamW kernel; ``null`` picks it wherever the device supports it.
+        freeze_encoder: Train only the head (linear probing); the encoder's weights stay bit-identical and it runs in
+            eval mode without building a graph.
+        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        output_attentions: Load the encoder with eager attention so :meth:`encode` can return attention maps.
+        threshold: Probability above which a label is predicted (multilabel).
+        trust_remote_code: Run model code that ships with a hub checkpoint. Off unless you trust its author.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "minilm",
+        head: Head | None = None,
+        task: Task = "classification",
+        num_labels: int = 2,
+        label_names: list[str] | None = None,
+        lr: float = 5e-5,
+        head_lr: float | None = None,
+        mix_lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        layer_lr_decay: float = 1.0,
+        warmup_ratio: float = 0.06,
+        schedule: Schedule = "linear",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        fused: bool | None = None,
+        freeze_encoder: bool = False,
+        gradient_checkpointing: bool = False,
+        output_attentions: bool = False,
+        threshold: float = 0.5,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        if isinstance(head, dict):  # a checkpoint saved from Python keeps the head as its config
+            head = head_from_config(head)
+        head = head if head is not None else MeanHead()
+        num_outputs = tasks.check_task(task, num_labels, label_names)
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio={warmup_ratio} must be in [0, 1)")
+
+        self.save_hyperparameters(ignore=["head"])
+        self.hparams["head"] = head.config
+        if label_names is not None:
+            self.hparams["label_names"] = list(label_names)
+
+        self.encoder = load_encoder(
+            encoder,
+            with_pooler=head.needs_pooler_output,
+            with_attentions=output_attentions or head.needs_attentions,
+            trust_remote_code=trust_remote_code,
+        )
+        config = self.encoder.config
+        try:
+            head.build(config.hidden_size, config.num_hidden_layers, num_outputs)
+        except ValueError as err:
+            raise ValueError(f"head {head.config['class_path']} does not fit encoder {encoder!r}: {err}") from err
+        self.head = head
+        self._accepted = forward_arguments(self.encoder)
+
+        if gradient_checkpointing:
+            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if freeze_encoder:
+            set_requires_grad(self.encoder, False)
+            self.encoder.eval()
+
+        metrics = tasks.metrics(task, num_outputs, threshold)
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    # --- what users read -----------------------------------------------------------------------------------------
+
+    @property
+    def task(self) -> str:
+        """``classification``, ``multilabel`` or ``regression``."""
+        return self.hparams["task"]
+
+    @property
+    def label_names(self) -> list[str]:
+        """Label names in logit order (numbers as strings when no names were given; empty for regression)."""
+        if self.task == "regression":
+            return []
+        names = self.hparams.get("label_names")
+        return list(names) if names else [str(i) for i in range(self.hparams["num_labels"])]
+
+    @property
+    def threshold(self) -> float:
+        """Multilabel decision threshold."""
+        return self.hparams["threshold"]
+
+    @property
+    def monitor(self) -> str:
+        """The validation metric that selects the best checkpoint (higher is better)."""
+        return "val/" + tasks.PRIMARY_METRIC[self.task]
+
+    def train(self, mode: bool = True) -> FineTuner:
+        """Sets training mode, keeping a frozen encoder in eval mode (its dropout off: fixed features)."""
+        super().train(mode)
+        if self.hparams["freeze_encoder"]:
+            self.encoder.eval()
+        return self
+
+    # --- forward ---------------------------------------------------------------------------------------------------
+
+    def encode(self, batch: dict[str, Tensor], attentions: bool = False, hidden_states: bool = False) -> EncoderOutput:
+        """Runs the encoder alone and returns all the outputs asked for, for analysis.
+
+        Args:
+            batch: Tokenizer output (``input_ids``, ``attention_mask``, ...).
+            attentions: Also return attention maps, ``(batch, heads, seq, seq)`` per layer. The encoder is switched to
+                eager attention for this (``sdpa`` returns none).
+            hidden_states: Also return the embeddings and every layer's output.
+        """
+        if attentions and self.encoder.config._attn_implementation != "eager":
+            self.encoder.set_attn_implementation("eager")
+        return run_encoder(
+            self.encoder,
+            batch,
+            self._accepted,
+            hidden_states=hidden_states or self.head.needs_hidden_states,
+            attentions=attentions or self.head.needs_attentions,
+            pooler=self.head.needs_pooler_output,
+        )
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Returns the head's logits for a tokenised batch."""
+        with no_grad_if(self.hparams["freeze_encoder"]):
+            outputs = run_encoder(
+                self.encoder,
+                batch,
+                self._accepted,
+                hidden_states=self.head.needs_hidden_states,
+                attentions=self.head.needs_attentions,
+                pooler=self.head.needs_pooler_output,
+            )
+        return self.head(outputs, batch["attention_mask"])
+
+    # --- Lightning hooks -------------------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """One optimiser step's loss."""
+        loss = tasks.loss(self.task, self(batch), batch["labels"])
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
+        logits = self(batch)
+        size = batch["input_ids"].shape[0]
+        self.log(f"{stage}/loss", tasks.loss(self.task, logits, batch["labels"]), batch_size=size, sync_dist=True)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(*tasks.metric_inputs(self.task, logits, batch["labels"]))
+        self.log_dict(metrics, batch_size=size, prog_bar=stage == "val")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Accumulates validation metrics (logged as ``val/...``)."""
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Accumulates test metrics (logged as ``test/...``)."""
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Returns ``row`` (the input's row index) with ``probs`` or, for regression, ``value``."""
+        out = tasks.outputs(self.task, self(batch))
+        if "row" in batch:
+            out["row"] = batch["row"]
+        return out
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over parameter groups, with warmup then decay stepped per optimiser step."""
+        hp = self.hparams
+        groups = parameter_groups(
+            self.encoder,
+            self.head,
+            lr=hp["lr"],
+            head_lr=hp["head_lr"] if hp["head_lr"] is not None else hp["lr"],
+            mix_lr=hp["mix_lr"],
+            weight_decay=hp["weight_decay"],
+            layer_lr_decay=hp["layer_lr_decay"],
+        )
+        optimizer = make_optimizer(groups, tuple(hp["betas"]), hp["eps"], hp["fused"])
+        # Counts optimiser steps, so it is right under gradient accumulation and with several devices.
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = math.ceil(hp["warmup_ratio"] * total)
+        scheduler = warmup_then_decay(optimizer, warmup, total, hp["schedule"])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

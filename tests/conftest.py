@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny random encoders saved to disk, the packaged MiniLM, real SST-2 rows, offline settings."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+# No test may reach a hub or a W&B server.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bertft.encoder import resolve_encoder  # noqa: E402
+
+MINILM = resolve_encoder("minilm")
+SST2_DIR = Path(__file__).resolve().parents[1] / "bertft" / "bundled" / "sst2"
+
+# transformers' own BertModelTester sizes, with MiniLM's vocabulary so the real tokenizer can drive it.
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37}
+
+
+def _save_tiny(path: Path, kind: str) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertModel, DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    if kind == "bert":
+        model = BertModel(BertConfig(vocab_size=30522, **TINY))
+    else:
+        model = DistilBertModel(DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=4, hidden_dim=37))
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(MINILM).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT (with pooler) saved with ``save_pretrained``: exercises the real loading path offline."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny_bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random DistilBERT: no pooler, no token_type_ids."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny_distilbert"), "distilbert")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_no_pooler_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    """A BERT checkpoint whose pooler weights are missing (they would be randomly initialised)."""
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path_factory.mktemp("tiny_bert_no_pooler")
+    for f in tiny_bert_dir.iterdir():
+        shutil.copy(f, path / f.name)
+    weights = load_file(path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "pooler" not in k}, path / "model.safetensors", {"format": "pt"})
+    return path
+
+
+def read_sst2(split: str, n: int | None = None) -> tuple[list[str], list[int]]:
+    """The first ``n`` rows of a bundled SST-2 split (real data)."""
+    texts, labels = [], []
+    with open(SST2_DIR / f"{split}.tsv", encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        next(reader)
+        for row in reader:
+            texts.append(row[0])
+            labels.append(int(row[1]))
+            if n is not None and len(texts) == n:
+                break
+    return texts, labels
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_dtype() -> None:
+    torch.manual_seed(0)
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)
