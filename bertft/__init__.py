@@ -11,6 +11,7 @@ from bertft.heads import (
     TokenHead,
     WeightedLayersHead,
 )
+from bertft.inference import Predictor, load
 from bertft.model import FineTuner
 
 __version__ = "0.1.0"
@@ -24,9 +25,11 @@ __all__ = [
     "MaxHead",
     "MeanHead",
     "PoolerHead",
+    "Predictor",
     "TokenHead",
     "WeightedLayersHead",
     "__version__",
+    "load",
     "load_encoder",
     "resolve_encoder",
 ]

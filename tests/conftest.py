@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One token cache for the whole run (subprocesses inherit it), never the user's ~/.cache/bertft.
+os.environ["BERTFT_CACHE"] = tempfile.mkdtemp(prefix="bertft-test-cache-")
 
 from bertft.encoder import resolve_encoder  # noqa: E402
 

@@ -1,0 +1,152 @@
+"""The command line: ``python -m bertft fit|validate|test|predict --config a.yaml``, on LightningCLI."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from typing import Any, NoReturn
+
+from jsonargparse import ArgumentParser
+from jsonargparse._common import debug_mode_active
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
+
+from bertft.data import TextDataModule
+from bertft.model import FineTuner
+from bertft.prediction import PredictionWriter
+from bertft.tasks import PRIMARY_METRIC
+
+
+class BertftArgumentParser(LightningArgumentParser):
+    """The CLI's parser: a short error with a "did you mean" for misspelt keys instead of a page of usage."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """Reports a user error in one paragraph and exits with status 2."""
+        if not self.exit_on_error or debug_mode_active():
+            super().error(message, ex)  # jsonargparse uses this path internally (trying union types)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        hint = _suggestion(parser, message)
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"bertft: error: {message}{hint}\nRun `{prog} --help` to list every option.\n")
+        sys.exit(2)
+
+
+def _known_keys(parser: ArgumentParser) -> set[str]:
+    keys = {opt.lstrip("-") for action in parser._actions for opt in action.option_strings}
+    subcommands = getattr(parser, "_subcommands_action", None)
+    for sub in getattr(subcommands, "_name_parser_map", {}).values():
+        keys |= _known_keys(sub)
+    return keys
+
+
+def _suggestion(parser: ArgumentParser, message: str) -> str:
+    keys = _known_keys(parser)
+    dotted = set(re.findall(r"[A-Za-z_]\w*(?:\.\w+)+", message)) - keys
+    hints = []
+    for key in sorted(dotted):
+        close = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
+        if close:
+            hints.append(f"{key!r}: did you mean {' or '.join(repr(c) for c in close)}?")
+    return ("\n" + "\n".join(hints)) if hints else ""
+
+
+def _monitor(task: str) -> str:
+    return "val/" + PRIMARY_METRIC.get(task, "loss")
+
+
+class BertftCLI(LightningCLI):
+    """LightningCLI with bertft's links: the encoder is named once, labels flow from the data to the model."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Links what a user should never type twice, and adds the checkpoint and prediction options."""
+        # Tokenizer and model always come from the same checkpoint.
+        parser.link_arguments("model.encoder", "data.tokenizer")
+        parser.link_arguments("model.task", "data.task")
+        # The label vocabulary is read from the training data; linked at instantiation so it lands in the model's
+        # saved hyperparameters and `load_from_checkpoint` / `--ckpt_path` work without the data.
+        parser.link_arguments("data.num_labels", "model.num_labels", apply_on="instantiate")
+        parser.link_arguments("data.label_names", "model.label_names", apply_on="instantiate")
+
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.link_arguments("model.task", "checkpoint.monitor", compute_fn=_monitor)
+        parser.set_defaults(
+            {
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch}-step{step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(PredictionWriter, "prediction")
+
+    def before_instantiate_classes(self) -> None:
+        """Reuses the checkpoint's label vocabulary when ``test`` / ``predict`` run without the training file."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if config is None:
+            return
+        data, model = config["data"], config["model"]
+        if not data.get("train_file") and not data.get("label_names") and model.get("label_names"):
+            data["label_names"] = model["label_names"]
+
+    def before_fit(self) -> None:
+        """Without validation data there is no metric to pick a best checkpoint by: keep ``last.ckpt`` only."""
+        if self.datamodule.hparams.get("val_file"):
+            return
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.monitor:
+                rank_zero_warn(f"no data.val_file: no best checkpoint by {callback.monitor}; last.ckpt is kept")
+                callback.monitor = None
+                callback.save_top_k = 1
+
+    def after_fit(self) -> None:
+        """Reports the test metrics of the best checkpoint when the data names a test file."""
+        data = self.datamodule
+        if not data.hparams.get("test_file") or self.trainer.fast_dev_run:
+            return
+        callback = self.trainer.checkpoint_callback
+        best = callback.best_model_path if isinstance(callback, ModelCheckpoint) else ""
+        self.trainer.test(self.model, datamodule=data, ckpt_path="best" if best else None)
+
+
+def main(args: ArgsType = None, run: bool = True) -> BertftCLI | None:
+    """Runs the command line: ``fit``, ``validate``, ``test`` and ``predict`` (LightningCLI), and ``export``.
+
+    Args:
+        args: Arguments instead of ``sys.argv[1:]`` (a list, or a dict), for tests and notebooks.
+        run: Run the subcommand; ``False`` only parses and instantiates.
+    """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv[:1] == ["export"]:
+        from bertft.export import main as export_main
+
+        export_main(argv[1:])
+        return None
+    # Forked DataLoader workers warn (or hang) when the fast tokenizer's thread pool was used before the fork.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return BertftCLI(
+            FineTuner,
+            TextDataModule,
+            args=args,
+            run=run,
+            # The model builds its own parameter groups (no-decay, layer-wise decay, head and mixing learning
+            # rates); LightningCLI's automatic optimiser would silently replace them.
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            parser_class=BertftArgumentParser,
+            parser_kwargs={"prog": "bertft", "description": "Fine-tune BERT-family encoders with pluggable heads."},
+            trainer_defaults={"default_root_dir": "outputs"},
+        )
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("BERTFT_DEBUG"):
+            raise
+        _fail(err)
+        raise  # unreachable: _fail exits
+
+
+def _fail(err: BaseException) -> Any:
+    sys.stderr.write(f"bertft: error: {err}\n(set BERTFT_DEBUG=1 for the full traceback)\n")
+    sys.exit(2)

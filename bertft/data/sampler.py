@@ -1,0 +1,162 @@
+"""Batches of similar length, so dynamic padding wastes little compute, with each DDP rank taking its own share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+def distributed_rank_and_size() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised process group, or ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def check_sharding(trainer: Any) -> None:
+    """Raises when a multi-process Trainer would try to replace our rank-aware samplers with its own.
+
+    Lightning injects a ``DistributedSampler`` into every loader when ``use_distributed_sampler`` is on (the default)
+    and several processes run. That cannot work with :class:`LengthGroupedBatchSampler`, which shards itself.
+    """
+    connector = getattr(trainer, "_accelerator_connector", None)
+    if trainer is not None and trainer.world_size > 1 and getattr(connector, "use_distributed_sampler", False):
+        raise ValueError(
+            "bertft's data module shards batches across processes itself: create the Trainer with "
+            "`use_distributed_sampler=False` (in YAML: `trainer.use_distributed_sampler: false`)."
+        )
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Yields lists of dataset indices whose examples have similar lengths.
+
+    Training (``shuffle=True``): shuffle all indices with ``seed + epoch``, cut them into mega-chunks of
+    ``mega_batches`` batches, sort each chunk by length (longest first), cut it into batches and shuffle the batch
+    order. Batches are then near-uniform in length yet their order and contents change every epoch; the chunking
+    keeps the randomness that a global sort would remove.
+
+    Evaluation (``shuffle=False``): one global sort by length, longest first, the same every time. Order does not
+    matter there because every batch carries each example's ``row``.
+
+    Under DDP every rank builds the same batch list (same seed and epoch) and takes batches ``rank, rank + R, ...``.
+    The number of batches is made a multiple of the world size, by repeating batches from the start (or, with
+    ``drop_last``, by dropping the last ones), because ranks that run different numbers of steps deadlock.
+
+    Args:
+        lengths: Token count of each example.
+        batch_size: Examples per batch.
+        shuffle: Random, epoch-dependent order (training) or a fixed length-sorted order (evaluation).
+        drop_last: Drop the incomplete batch, and the batches that do not divide evenly among ranks.
+        seed: Base seed, combined with the epoch number.
+        mega_batches: Batches per sorted chunk. Larger means more uniform lengths and less randomness.
+        num_replicas: World size; default: from ``torch.distributed`` if initialised, else 1.
+        rank: This process's rank; default: from ``torch.distributed`` if initialised, else 0.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        mega_batches: int = 50,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if mega_batches < 1:
+            raise ValueError(f"mega_batches must be at least 1, got {mega_batches}")
+        default_rank, default_size = distributed_rank_and_size()
+        self.num_replicas = default_size if num_replicas is None else num_replicas
+        self.rank = default_rank if rank is None else rank
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} is outside [0, {self.num_replicas})")
+        self.lengths = torch.as_tensor(lengths, dtype=torch.long)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.mega_batches = mega_batches
+        self.epoch = 0
+        # Lightning calls `set_epoch` on `dataloader.sampler` and `dataloader.batch_sampler.sampler`, never on the
+        # batch sampler itself: exposing ourselves as `.sampler` is what makes it reshuffle every epoch.
+        self.sampler = self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch, so each epoch gets a new order."""
+        self.epoch = epoch
+
+    def _all_batches(self) -> list[list[int]]:
+        n = len(self.lengths)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=generator)
+            chunk = self.batch_size * self.mega_batches
+            batches: list[list[int]] = []
+            for start in range(0, n, chunk):
+                part = order[start : start + chunk]
+                # stable sort keeps the shuffled order among equal lengths
+                part = part[torch.sort(self.lengths[part], descending=True, stable=True).indices]
+                batches.extend(part[i : i + self.batch_size].tolist() for i in range(0, len(part), self.batch_size))
+            batch_order = torch.randperm(len(batches), generator=generator).tolist()
+            batches = [batches[i] for i in batch_order]
+        else:
+            order = torch.sort(self.lengths, descending=True, stable=True).indices
+            batches = [order[i : i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        return batches
+
+    def _num_batches_per_rank(self, total: int) -> int:
+        if self.drop_last:
+            return total // self.num_replicas
+        return -(-total // self.num_replicas)  # ceil
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._all_batches()
+        per_rank = self._num_batches_per_rank(len(batches))
+        wanted = per_rank * self.num_replicas
+        if len(batches) < wanted and batches:  # pad by repeating batches so every rank runs the same number of steps
+            batches = (batches * (wanted // len(batches) + 1))[:wanted]
+        yield from batches[self.rank : wanted : self.num_replicas]
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        total = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return self._num_batches_per_rank(total)
+
+
+class LengthSortedSampler(Sampler[int]):
+    """Evaluation order: indices sorted by length, longest first, the same every time; this rank's share only.
+
+    Rank ``r`` of ``R`` takes sorted positions ``r, r + R, ...``, so every rank sees similar lengths. The list is
+    padded to a multiple of ``R`` by repeating the first indices (as ``DistributedSampler`` does) so every rank runs
+    the same number of batches; consumers drop the repeats by ``row``.
+
+    Args:
+        lengths: Token count of each example.
+        num_replicas: World size; default: from ``torch.distributed`` if initialised, else 1.
+        rank: This process's rank; default: from ``torch.distributed`` if initialised, else 0.
+    """
+
+    def __init__(self, lengths: Sequence[int], num_replicas: int | None = None, rank: int | None = None) -> None:
+        default_rank, default_size = distributed_rank_and_size()
+        self.num_replicas = default_size if num_replicas is None else num_replicas
+        self.rank = default_rank if rank is None else rank
+        order = torch.sort(torch.as_tensor(lengths, dtype=torch.long), descending=True, stable=True).indices.tolist()
+        padded = -(-len(order) // self.num_replicas) * self.num_replicas
+        order = (order * (padded // max(len(order), 1) + 1))[:padded] if order else order
+        self.indices: list[int] = order[self.rank :: self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

@@ -1,0 +1,170 @@
+"""``PredictionWriter``: one output row per input row, in the input's order, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import pandas as pd
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``predict`` results to a CSV or JSONL file, next to the input texts.
+
+    The model's ``predict_step`` returns ``{"row": (B,), "probs": (B, L)}`` (classification, multilabel) or
+    ``{"row": (B,), "value": (B,)}`` (regression); the writer reads ``task``, ``label_names`` and ``threshold`` from
+    the model. Output columns: the input text column(s), ``prediction``, then ``prob_<label>`` per class.
+
+    Batches arrive sorted by length, and under DDP spread over ranks with padding repeats; the writer gathers them,
+    drops repeated rows and sorts by ``row``, so the file follows the input file line for line.
+
+    Args:
+        output_file: ``.csv`` or ``.jsonl`` path; default ``predictions.csv`` in the trainer's log folder.
+        write_interval: Only ``"epoch"``: restoring the input order needs every batch.
+    """
+
+    def __init__(self, output_file: str | None = None, write_interval: Literal["epoch"] = "epoch") -> None:
+        if write_interval != "epoch":
+            raise ValueError(f"write_interval must be 'epoch' (input order needs every batch), got {write_interval!r}")
+        super().__init__(write_interval)
+        if output_file is not None and Path(output_file).suffix.lower() not in _FORMATS:
+            raise ValueError(f"output_file {output_file!r} must end in .csv or .jsonl")
+        self.output_file = output_file
+        self._parts: list[dict[str, Tensor]] = []
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Starts a fresh collection."""
+        self._parts = []
+
+    def on_predict_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keeps the batch's outputs on the CPU (also when ``trainer.predict(return_predictions=False)``)."""
+        if outputs is not None:
+            self._parts.append({k: v.detach().cpu() for k, v in outputs.items() if isinstance(v, Tensor)})
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Gathers every rank's outputs and writes the file from rank 0."""
+        parts = self._parts
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, parts)
+            parts = [p for rank_parts in gathered for p in rank_parts]
+        self._parts = []
+        if not trainer.is_global_zero:
+            return
+        merged = merge_outputs(parts)
+        datamodule = getattr(trainer, "datamodule", None)
+        inputs = datamodule.raw_split("predict") if hasattr(datamodule, "raw_split") else None
+        text_columns = list(getattr(datamodule, "text_columns", []))
+        frame = prediction_frame(
+            merged,
+            task=pl_module.task,
+            label_names=list(pl_module.label_names),
+            threshold=float(getattr(pl_module, "threshold", 0.5)),
+            inputs=inputs[text_columns] if inputs is not None else None,
+            label_delimiter=getattr(datamodule, "label_delimiter", None),
+            jsonl=self._path(trainer).suffix.lower() == ".jsonl",
+        )
+        write_atomically(frame, self._path(trainer))
+        rank_zero_info(f"Wrote {len(frame)} predictions to {self._path(trainer)}")
+
+    def _path(self, trainer: L.Trainer) -> Path:
+        if self.output_file is not None:
+            return Path(self.output_file)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "predictions.csv"
+
+    def write_on_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        """Unused: the input order can only be restored once every batch is in."""
+
+    def write_on_epoch_end(self, *args: Any, **kwargs: Any) -> None:
+        """Unused: :meth:`on_predict_epoch_end` writes, also when predictions are not returned."""
+
+
+def merge_outputs(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Concatenates batch outputs, keeps the first of any repeated ``row`` and sorts by ``row``."""
+    if not parts:
+        return {}
+    merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    rows = merged["row"]
+    order = torch.argsort(rows, stable=True)
+    sorted_rows = rows[order]
+    first = torch.ones_like(sorted_rows, dtype=torch.bool)
+    first[1:] = sorted_rows[1:] != sorted_rows[:-1]  # DistributedSampler-style padding repeats rows
+    keep = order[first]
+    return {key: value[keep] for key, value in merged.items()}
+
+
+def prediction_frame(
+    outputs: dict[str, Tensor],
+    *,
+    task: str,
+    label_names: list[str],
+    threshold: float = 0.5,
+    inputs: pd.DataFrame | None = None,
+    label_delimiter: str | None = None,
+    jsonl: bool = False,
+) -> pd.DataFrame:
+    """The output table: input texts, ``prediction`` and ``prob_<label>`` columns, one row per predicted ``row``.
+
+    Args:
+        outputs: :func:`merge_outputs` result.
+        task: ``classification``, ``multilabel`` or ``regression``.
+        label_names: Class names, in the order of the ``probs`` columns.
+        threshold: Multilabel decision threshold on each probability.
+        inputs: The predict file's text columns, indexed by ``row``.
+        label_delimiter: Joins multilabel predictions in CSV; ``None`` writes a JSON list.
+        jsonl: Multilabel predictions stay lists (JSONL) instead of being joined into text (CSV).
+    """
+    rows = outputs["row"].tolist() if outputs else []
+    frame = inputs.iloc[rows].reset_index(drop=True) if inputs is not None else pd.DataFrame(index=range(len(rows)))
+    if task == "regression":
+        frame["prediction"] = outputs["value"].float().reshape(-1).tolist() if rows else []
+        return frame
+    probs = outputs["probs"].float() if rows else torch.zeros(0, len(label_names))  # (N, L)
+    if task == "multilabel":
+        chosen = [[label_names[j] for j in torch.nonzero(p > threshold).flatten().tolist()] for p in probs]
+        if jsonl:
+            frame["prediction"] = chosen
+        else:
+            frame["prediction"] = [label_delimiter.join(c) if label_delimiter else json.dumps(c) for c in chosen]
+    else:
+        frame["prediction"] = [label_names[j] for j in probs.argmax(dim=-1).tolist()]
+    for j, name in enumerate(label_names):
+        frame[f"prob_{name}"] = probs[:, j].tolist()
+    return frame
+
+
+def write_atomically(frame: pd.DataFrame, path: Path) -> None:
+    """Writes ``frame`` to a temporary file beside ``path`` and renames it, so ``path`` is never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            if path.suffix.lower() == ".jsonl":
+                frame.to_json(f, orient="records", lines=True, force_ascii=False)
+            else:
+                frame.to_csv(f, index=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,250 @@
+"""The command line end to end: every shipped config, fit -> test -> predict on real SST-2, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertft import FineTuner
+from bertft.cli import main
+from bertft.heads import ConcatCLSHead, Head, MeanHead, WeightedLayersHead
+
+from .conftest import SST2_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "heads" not in p.parts and "trainer" not in p.parts)
+HEAD_CONFIGS = sorted((ROOT / "configs" / "heads").glob("*.yaml"))
+
+
+def write_tsv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("sentence", "label")) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\t".join(header) + "\n")
+        for row in rows:
+            f.write("\t".join(row) + "\n")
+    return path
+
+
+def sst2_rows(split: str, n: int) -> list[tuple[str, str]]:
+    with open(SST2_DIR / f"{split}.tsv", encoding="utf-8") as f:
+        lines = f.read().splitlines()[1 : n + 1]
+    return [tuple(line.split("\t")) for line in lines]  # type: ignore[misc]
+
+
+def quick_args(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_runs_fast_dev_run(config: Path, tmp_path: Path, tiny_bert_dir: Path) -> None:
+    train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 40))
+    val = write_tsv(tmp_path / "val.tsv", sst2_rows("test", 20))
+    main(
+        [
+            "fit",
+            f"--config={config}",
+            f"--model.encoder={tiny_bert_dir}",
+            f"--data.train_file={train}",
+            f"--data.val_file={val}",
+            f"--data.test_file={val}",
+            "--trainer.fast_dev_run=2",
+            *quick_args(tmp_path),
+        ]
+    )
+
+
+@pytest.mark.parametrize("config", HEAD_CONFIGS, ids=lambda p: p.stem)
+def test_every_head_config_parses(config: Path) -> None:
+    cli = main(["--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(config)], run=False)
+    head = cli.model.head
+    assert isinstance(head, Head)
+    expected = {"weighted": WeightedLayersHead, "concat_cls": ConcatCLSHead, "mean": MeanHead}.get(config.stem)
+    if expected is not None:
+        assert isinstance(head, expected)
+    assert cli.model.hparams["num_labels"] == 2
+    assert cli.model.hparams["label_names"] == ["0", "1"]
+
+
+def test_print_config(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "class_path: bertft.heads.MeanHead" in out
+    assert "encoder: minilm" in out
+    assert "max_length: 128" in out
+
+
+def test_help_documents_options_from_docstrings(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert "Layer-wise learning-rate decay" in out
+    assert "--data.max_length" in out
+
+
+def test_fit_test_predict_end_to_end_on_real_data(tmp_path: Path) -> None:
+    """Fit the real MiniLM a few dozen steps through the real entry point, then test and predict from the checkpoint."""
+    train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 320))
+    val = write_tsv(tmp_path / "val.tsv", sst2_rows("test", 64))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    common = [
+        f"--data.train_file={train}",
+        f"--data.val_file={val}",
+        f"--data.test_file={val}",
+        "--data.quoting=false",
+        "--data.batch_size=16",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+    ]
+    fit = subprocess.run(
+        [sys.executable, "-m", "bertft", "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
+         "--trainer.max_steps=20", *common],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpts = sorted((tmp_path / "run").rglob("*.ckpt"))
+    names = {p.name for p in ckpts}
+    assert "last.ckpt" in names
+    assert any(n.startswith("best-") for n in names)
+    configs = list((tmp_path / "run").rglob("config.yaml"))
+    assert configs, "the resolved config is saved beside the checkpoints"
+    assert "test/acc" in fit.stdout  # fit reports the test metrics of the best checkpoint
+
+    best = next(p for p in ckpts if p.name.startswith("best-"))
+    model = FineTuner.load_from_checkpoint(best, map_location="cpu", weights_only=True)
+    assert model.label_names == ["0", "1"]
+
+    predict_in = tmp_path / "predict.tsv"  # texts only: predicting needs no labels
+    predict_in.write_text("sentence\n" + "".join(s + "\n" for s, _ in sst2_rows("test", 37)), encoding="utf-8")
+    out_file = tmp_path / "preds.csv"
+    pred = subprocess.run(
+        [sys.executable, "-m", "bertft", "predict", "--config", str(configs[0]), f"--ckpt_path={best}",
+         f"--data.predict_file={predict_in}", f"--prediction.output_file={out_file}", *common],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    with open(out_file, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    expected = [s for s, _ in sst2_rows("test", 37)]
+    assert [r["sentence"] for r in rows] == expected  # one row per input, in input order
+    for r in rows:
+        p0, p1 = float(r["prob_0"]), float(r["prob_1"])
+        assert 0 <= p0 <= 1
+        assert abs(p0 + p1 - 1) < 1e-5
+        assert r["prediction"] == ("1" if p1 > p0 else "0")
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]):
+    """Runs the command line in this process (as ``python -m bertft`` would) and returns its exit code and stderr."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exit_info:
+            code = exit_info.code
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def base_args(tmp_path: Path) -> list[str]:
+    return [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "debug.yaml"),
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+        "--trainer.logger=false",
+    ]
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr[-3000:])
+
+
+def test_missing_file(run_cli, base_args: list[str], tmp_path: Path) -> None:
+    missing = tmp_path / "nope.tsv"
+    assert_clean_error(run_cli(*base_args, f"--data.train_file={missing}"), str(missing))
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").rglob("*.ckpt"))
+
+
+def test_missing_label_column_lists_the_columns(run_cli, base_args: list[str], tmp_path: Path) -> None:
+    bad = write_tsv(tmp_path / "bad.tsv", sst2_rows("train", 10), header=("sentence", "polarity"))
+    assert_clean_error(run_cli(*base_args, f"--data.train_file={bad}"), str(bad), "label", "polarity")
+
+
+def test_unknown_label_in_validation(run_cli, base_args: list[str], tmp_path: Path) -> None:
+    train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 30))
+    val = write_tsv(tmp_path / "val.tsv", [*sst2_rows("test", 5), ("a new sentence", "7")])
+    assert_clean_error(run_cli(*base_args, f"--data.train_file={train}", f"--data.val_file={val}"), str(val), "'7'")
+
+
+def test_ragged_row(run_cli, base_args: list[str], tmp_path: Path) -> None:
+    bad = tmp_path / "ragged.tsv"
+    write_tsv(bad, sst2_rows("train", 10))
+    with open(bad, "a", encoding="utf-8") as f:
+        f.write("one\ttoo\tmany\n")
+    assert_clean_error(run_cli(*base_args, f"--data.train_file={bad}"), str(bad), "12")
+
+
+def test_empty_text(run_cli, base_args: list[str], tmp_path: Path) -> None:
+    bad = write_tsv(tmp_path / "empty.tsv", [*sst2_rows("train", 10), ("", "1")])
+    assert_clean_error(run_cli(*base_args, f"--data.train_file={bad}"), str(bad), "12")
+
+
+def test_unknown_config_key_suggests_the_close_one(run_cli, base_args: list[str]) -> None:
+    result = run_cli(*base_args, "--model.warmup_ratoi=0.1")
+    assert result.returncode == 2
+    assert "did you mean 'model.warmup_ratio'" in result.stderr
+    assert len(result.stderr.splitlines()) <= 4, result.stderr  # one paragraph, no page of usage
+
+
+def test_unknown_head_class_path(run_cli, base_args: list[str]) -> None:
+    result = run_cli(*base_args, "--model.head=bertft.heads.NoSuchHead")
+    assert result.returncode != 0
+    assert "NoSuchHead" in result.stderr
+
+
+def test_checkpoint_keeps_what_load_needs(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    train = write_tsv(tmp_path / "train.tsv", [(s, "pos" if y == "1" else "neg") for s, y in sst2_rows("train", 40)])
+    main(
+        [
+            "fit",
+            f"--model.encoder={tiny_bert_dir}",
+            "--model.head=bertft.heads.WeightedLayersHead",
+            f"--data.train_file={train}",
+            "--data.quoting=false",
+            "--trainer.max_steps=2",
+            *quick_args(tmp_path),
+        ]
+    )
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert hparams["label_names"] == ["neg", "pos"]
+    assert hparams["head"]["class_path"].endswith(".WeightedLayersHead")
+    model = FineTuner.load_from_checkpoint(ckpt, weights_only=True)
+    assert model.label_names == ["neg", "pos"]
+    assert isinstance(model.head, WeightedLayersHead)
+    json.dumps(hparams["head"])  # plain data, no pickled objects
