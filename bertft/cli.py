@@ -15,9 +15,12 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_warn
 
 from bertft.data import TextDataModule
+from bertft.distributed import destroy_process_group
+from bertft.loggers import ConfigToLoggers, finish_loggers
 from bertft.model import FineTuner
 from bertft.prediction import PredictionWriter
 from bertft.tasks import PRIMARY_METRIC
+from bertft.tracking import LearningRateMonitor, Tracker
 
 
 class BertftArgumentParser(LightningArgumentParser):
@@ -62,9 +65,12 @@ class BertftCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Links what a user should never type twice, and adds the checkpoint and prediction options."""
+        # Data modules are chosen by class_path (TextDataModule for texts, TokenDataModule for token tasks), with
+        # TextDataModule the default so a `data:` section without class_path keeps working.
+        parser.set_defaults({"data": {"class_path": "bertft.data.TextDataModule"}})
         # Tokenizer and model always come from the same checkpoint.
-        parser.link_arguments("model.encoder", "data.tokenizer")
-        parser.link_arguments("model.task", "data.task")
+        parser.link_arguments("model.encoder", "data.init_args.tokenizer")
+        parser.link_arguments("model.task", "data.init_args.task")
         # The label vocabulary is read from the training data; linked at instantiation so it lands in the model's
         # saved hyperparameters and `load_from_checkpoint` / `--ckpt_path` work without the data.
         parser.link_arguments("data.num_labels", "model.num_labels", apply_on="instantiate")
@@ -81,6 +87,9 @@ class BertftCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PredictionWriter, "prediction")
+        # Always present, silent without a logger: a layered logger config (configs/loggers/) is all a user adds.
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(Tracker, "tracking")
 
     def before_instantiate_classes(self) -> None:
         """Reuses the checkpoint's label vocabulary when ``test`` / ``predict`` run without the training file."""
@@ -88,8 +97,25 @@ class BertftCLI(LightningCLI):
         if config is None:
             return
         data, model = config["data"], config["model"]
+        data = data.get("init_args", data)  # subclass mode: the data module's arguments sit under init_args
         if not data.get("train_file") and not data.get("label_names") and model.get("label_names"):
             data["label_names"] = model["label_names"]
+        # bertft's loggers leave save_dir empty: runs land beside the checkpoints in trainer.default_root_dir.
+        loggers = config["trainer"].get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = getattr(logger, "init_args", None)
+            if init_args is not None and "save_dir" in init_args and init_args["save_dir"] is None:
+                init_args["save_dir"] = config["trainer"].get("default_root_dir") or "."
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # Ends a W&B run when the command ends (after fit's own test, too), flushing it and printing an offline
+        # run's upload command; Lightning leaves the run open until the process exits.
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            finish_loggers(self.trainer, failed=True)
+            raise
+        finish_loggers(self.trainer)
 
     def before_fit(self) -> None:
         """Without validation data there is no metric to pick a best checkpoint by: keep ``last.ckpt`` only."""
@@ -127,24 +153,30 @@ def main(args: ArgsType = None, run: bool = True) -> BertftCLI | None:
     # Forked DataLoader workers warn (or hang) when the fast tokenizer's thread pool was used before the fork.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return BertftCLI(
+        cli = BertftCLI(
             FineTuner,
             TextDataModule,
+            subclass_mode_data=True,  # any TextDataModule subclass, e.g. bertft.data.TokenDataModule
             args=args,
             run=run,
             # The model builds its own parameter groups (no-decay, layer-wise decay, head and mixing learning
             # rates); LightningCLI's automatic optimiser would silently replace them.
             auto_configure_optimizers=False,
+            save_config_callback=ConfigToLoggers,  # the config reaches every logger once, with versions and commit
             save_config_kwargs={"overwrite": True},
             parser_class=BertftArgumentParser,
             parser_kwargs={"prog": "bertft", "description": "Fine-tune BERT-family encoders with pluggable heads."},
-            trainer_defaults={"default_root_dir": "outputs"},
+            # The data module shards its length-grouped batches across ranks itself (bertft.data.sampler).
+            trainer_defaults={"default_root_dir": "outputs", "use_distributed_sampler": False},
         )
     except (ValueError, FileNotFoundError) as err:
         if os.environ.get("BERTFT_DEBUG"):
             raise
         _fail(err)
         raise  # unreachable: _fail exits
+    if run:
+        destroy_process_group()
+    return cli
 
 
 def _fail(err: BaseException) -> Any:

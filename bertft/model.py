@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 import lightning as L
-from torch import Tensor
+from torch import Tensor, nn
 
 from bertft import tasks
 from bertft.encoder import (
@@ -17,6 +17,7 @@ from bertft.encoder import (
     no_grad_if,
     run_encoder,
     set_requires_grad,
+    transformer_layers,
 )
 from bertft.heads import Head, MeanHead
 from bertft.optim import Schedule, make_optimizer, parameter_groups, warmup_then_decay
@@ -51,7 +52,9 @@ class FineTuner(L.LightningModule):
             a local folder.
         head: What turns the encoder's outputs into logits (default: :class:`~bertft.heads.MeanHead`). Sized by the
             encoder.
-        task: ``classification`` (one label per text), ``multilabel`` (any number of labels) or ``regression``.
+        task: ``classification`` (one label per text), ``multilabel`` (any number of labels), ``regression``, or
+            ``token`` (one label per word, with a per-token head: ``TokenHead`` or
+            ``WeightedLayersHead(reduce="none")``; data from :class:`~bertft.data.TokenDataModule`).
         num_labels: Number of labels; the CLI takes it from the data.
         label_names: Label names in logit order; the CLI takes them from the data and checkpoints keep them.
         lr: Peak learning rate of the encoder (the top layer under layer-wise decay).
@@ -71,6 +74,8 @@ class FineTuner(L.LightningModule):
         output_attentions: Load the encoder with eager attention so :meth:`encode` can return attention maps.
         threshold: Probability above which a label is predicted (multilabel).
         trust_remote_code: Run model code that ships with a hub checkpoint. Off unless you trust its author.
+        encoder_dropout: Dropout probability for every dropout in the encoder (hidden and attention); ``null`` keeps
+            the checkpoint's own (0.1 for BERT). 0 makes training deterministic given the data order.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class FineTuner(L.LightningModule):
         output_attentions: bool = False,
         threshold: float = 0.5,
         trust_remote_code: bool = False,
+        encoder_dropout: float | None = None,
     ) -> None:
         super().__init__()
         if isinstance(head, dict):  # a checkpoint saved from Python keeps the head as its config
@@ -125,11 +131,17 @@ class FineTuner(L.LightningModule):
 
         if gradient_checkpointing:
             self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if encoder_dropout is not None:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = encoder_dropout
+        for layer in transformer_layers(self.encoder):
+            layer.bertft_encoder_layer = True  # what FSDP's auto-wrap policy wraps (bertft.distributed)
         if freeze_encoder:
             set_requires_grad(self.encoder, False)
             self.encoder.eval()
 
-        metrics = tasks.metrics(task, num_outputs, threshold)
+        metrics = tasks.metrics(task, num_outputs, threshold, self.label_names)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
@@ -137,7 +149,7 @@ class FineTuner(L.LightningModule):
 
     @property
     def task(self) -> str:
-        """``classification``, ``multilabel`` or ``regression``."""
+        """``classification``, ``multilabel``, ``regression`` or ``token``."""
         return self.hparams["task"]
 
     @property
@@ -208,26 +220,30 @@ class FineTuner(L.LightningModule):
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
+    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         logits = self(batch)
         size = batch["input_ids"].shape[0]
         self.log(f"{stage}/loss", tasks.loss(self.task, logits, batch["labels"]), batch_size=size, sync_dist=True)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        metrics.update(*tasks.metric_inputs(self.task, logits, batch["labels"]))
+        metrics.update(*tasks.metric_inputs(self.task, logits, batch["labels"], batch))
         self.log_dict(metrics, batch_size=size, prog_bar=stage == "val")
+        return logits.detach()
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """Accumulates validation metrics (logged as ``val/...``)."""
-        self._evaluate(batch, "val")
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Accumulates validation metrics (logged as ``val/...``); returns the logits for callbacks to read."""
+        return self._evaluate(batch, "val")
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Accumulates test metrics (logged as ``test/...``)."""
         self._evaluate(batch, "test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Returns ``row`` (the input's row index) with ``probs`` or, for regression, ``value``."""
-        out = tasks.outputs(self.task, self(batch))
-        if "row" in batch:
+        """Returns ``row`` (the input's row index) with ``probs`` or, for regression, ``value``.
+
+        For ``token``: ``row``, ``word`` and ``probs`` for each word whose prediction the batch holds.
+        """
+        out = tasks.outputs(self.task, self(batch), batch)
+        if "row" in batch and "row" not in out:
             out["row"] = batch["row"]
         return out
 
@@ -248,4 +264,5 @@ class FineTuner(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         warmup = math.ceil(hp["warmup_ratio"] * total)
         scheduler = warmup_then_decay(optimizer, warmup, total, hp["schedule"])
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # "name" makes LearningRateMonitor log one `lr/<group name>` series per parameter group.
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}

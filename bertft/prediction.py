@@ -16,6 +16,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from bertft.ner import entities
+
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 
 
@@ -25,6 +27,10 @@ class PredictionWriter(BasePredictionWriter):
     The model's ``predict_step`` returns ``{"row": (B,), "probs": (B, L)}`` (classification, multilabel) or
     ``{"row": (B,), "value": (B,)}`` (regression); the writer reads ``task``, ``label_names`` and ``threshold`` from
     the model. Output columns: the input text column(s), ``prediction``, then ``prob_<label>`` per class.
+
+    For the ``token`` task (``{"row", "word", "probs"}`` per word) the file has one row per sentence: ``tokens`` (the
+    words), ``tags`` (one predicted tag per word) and ``entities`` (``{"text", "type", "start", "end"}``, words
+    ``start`` to ``end`` exclusive, re-joined from the IOB tags). JSONL by default; in CSV each cell holds JSON.
 
     Batches arrive sorted by length, and under DDP spread over ranks with padding repeats; the writer gathers them,
     drops repeated rows and sorts by ``row``, so the file follows the input file line for line.
@@ -74,6 +80,15 @@ class PredictionWriter(BasePredictionWriter):
         datamodule = getattr(trainer, "datamodule", None)
         inputs = datamodule.raw_split("predict") if hasattr(datamodule, "raw_split") else None
         text_columns = list(getattr(datamodule, "text_columns", []))
+        if pl_module.task == "token":
+            if inputs is None:
+                raise ValueError("token predictions need the data module's words (`raw_split`) to be written")
+            frame = token_prediction_frame(merged, list(pl_module.label_names), inputs["tokens"].tolist())
+            if self._path(trainer).suffix.lower() != ".jsonl":
+                frame = frame.map(lambda cell: json.dumps(cell, ensure_ascii=False))
+            write_atomically(frame, self._path(trainer))
+            rank_zero_info(f"Wrote {len(frame)} tagged sentences to {self._path(trainer)}")
+            return
         frame = prediction_frame(
             merged,
             task=pl_module.task,
@@ -89,7 +104,8 @@ class PredictionWriter(BasePredictionWriter):
     def _path(self, trainer: L.Trainer) -> Path:
         if self.output_file is not None:
             return Path(self.output_file)
-        return Path(trainer.log_dir or trainer.default_root_dir) / "predictions.csv"
+        token = getattr(trainer.lightning_module, "task", None) == "token"
+        return Path(trainer.log_dir or trainer.default_root_dir) / ("predictions.jsonl" if token else "predictions.csv")
 
     def write_on_batch_end(self, *args: Any, **kwargs: Any) -> None:
         """Unused: the input order can only be restored once every batch is in."""
@@ -99,11 +115,16 @@ class PredictionWriter(BasePredictionWriter):
 
 
 def merge_outputs(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Concatenates batch outputs, keeps the first of any repeated ``row`` and sorts by ``row``."""
+    """Concatenates batch outputs, keeps the first of any repeated ``row`` and sorts by ``row``.
+
+    Token outputs (with a ``word`` key) are keyed by ``(row, word)`` instead: one entry per word.
+    """
     if not parts:
         return {}
     merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
     rows = merged["row"]
+    if "word" in merged:  # token task: sort and de-duplicate by (row, word)
+        rows = rows * (int(merged["word"].max()) + 1) + merged["word"]
     order = torch.argsort(rows, stable=True)
     sorted_rows = rows[order]
     first = torch.ones_like(sorted_rows, dtype=torch.bool)
@@ -150,6 +171,35 @@ def prediction_frame(
     for j, name in enumerate(label_names):
         frame[f"prob_{name}"] = probs[:, j].tolist()
     return frame
+
+
+def token_prediction_frame(
+    outputs: dict[str, Tensor], label_names: list[str], sentences: list[list[str]]
+) -> pd.DataFrame:
+    """One row per sentence: ``tokens``, ``tags`` (one per word) and ``entities`` re-joined from the tags.
+
+    Args:
+        outputs: :func:`merge_outputs` of token outputs: ``row``, ``word`` and ``probs``, sorted by ``(row, word)``.
+        label_names: Tag names, in the order of the ``probs`` columns.
+        sentences: The words of every input sentence, indexed by ``row``.
+
+    Raises:
+        ValueError: A sentence whose words did not all get a prediction (windows not merged back).
+    """
+    rows = outputs["row"].tolist() if outputs else []
+    tag_ids = outputs["probs"].argmax(dim=-1).tolist() if outputs else []
+    tags_of: dict[int, list[str]] = {}
+    for row, tag in zip(rows, tag_ids, strict=True):  # sorted by (row, word): tags arrive in word order
+        tags_of.setdefault(row, []).append(label_names[tag])
+    records = []
+    for row, tags in tags_of.items():
+        tokens = list(sentences[row])
+        if len(tags) != len(tokens):
+            raise ValueError(f"sentence {row}: {len(tokens)} words but {len(tags)} predicted tags")
+        spans = [{"text": " ".join(tokens[e.start : e.end]), "type": e.type, "start": e.start, "end": e.end}
+                 for e in entities(tags)]  # fmt: skip
+        records.append({"tokens": tokens, "tags": tags, "entities": spans})
+    return pd.DataFrame.from_records(records, columns=["tokens", "tags", "entities"])
 
 
 def write_atomically(frame: pd.DataFrame, path: Path) -> None:

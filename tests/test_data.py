@@ -304,8 +304,20 @@ def test_length_grouped_sampler_shards_batches_across_ranks(n: int, drop_last: b
     elif drop_last:
         assert len(seen) == len(set(seen))
         assert all(len(b) == 16 for share in shares for b in share)
-    else:  # 63 batches: one repeated so both ranks run 32 steps; everything is still covered
-        assert set(seen) == set(range(n))
+    else:  # 31 full global batches of 32 and one of 8, split 4 + 4: every index exactly once
+        assert sorted(seen) == list(range(n))
+
+
+def test_ddp_shares_are_the_single_process_batches_split() -> None:
+    """Step k of 2 ranks x 8 sees exactly the examples of step k of 1 process x 16: DDP matches one device."""
+    lens = lengths(1000)
+    single = list(LengthGroupedBatchSampler(lens, 16, seed=5))
+    ranks = [list(LengthGroupedBatchSampler(lens, 8, seed=5, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == len(single)
+    for k, batch in enumerate(single):
+        assert ranks[0][k] + ranks[1][k] == batch
+        if len(batch) == 16:
+            assert len(ranks[0][k]) == len(ranks[1][k]) == 8
 
 
 def test_length_sorted_sampler_is_deterministic_and_shards() -> None:
@@ -315,8 +327,10 @@ def test_length_sorted_sampler_is_deterministic_and_shards() -> None:
     assert sorted(single) == list(range(101))
     assert [lens[i] for i in single] == sorted(lens, reverse=True)
     shares = [list(LengthSortedSampler(lens, num_replicas=2, rank=r)) for r in (0, 1)]
-    assert len(shares[0]) == len(shares[1]) == 51
-    assert set(shares[0] + shares[1]) == set(range(101))
+    assert (len(shares[0]), len(shares[1])) == (51, 50)  # no repeats: each example is evaluated exactly once
+    assert sorted(shares[0] + shares[1]) == list(range(101))
+    with pytest.raises(ValueError, match="cannot be shared"):
+        LengthSortedSampler([3], num_replicas=2, rank=0)
 
 
 class _Bag(L.LightningModule):

@@ -46,6 +46,7 @@ class ReadOptions:
     header: bool = True
     column_names: tuple[str, ...] | None = None
     encoding: str = "utf-8"
+    extra_fields: Literal["error", "ignore"] = "error"
 
 
 @dataclass
@@ -182,10 +183,17 @@ def _read_delimited(path: str, text: str, fmt: str, options: ReadOptions) -> Tab
                 continue  # with `column_names` given as well, they replace the file's own header
             if names is None:
                 names = [str(i) for i in range(len(record))]
+            if len(record) > len(names) and options.extra_fields == "ignore":
+                record = record[: len(names)]  # e.g. STS-B: ~500 lines carry two trailing source fields
             if len(record) != len(names):
+                extra_hint = (
+                    " If the file's rows may carry extra trailing fields, set `extra_fields: ignore`."
+                    if len(record) > len(names)
+                    else ""
+                )
                 raise DataError(
                     f"{path}, line {start}: expected {len(names)} fields ({', '.join(map(repr, names))}) but found "
-                    f"{len(record)}. Fix or remove that row.{quote_hint}"
+                    f"{len(record)}. Fix or remove that row.{extra_hint}{quote_hint}"
                 )
             rows.append(record)
             lines.append(start)

@@ -62,6 +62,8 @@ class TextDataModule(L.LightningDataModule):
         header: Whether the first row names the columns.
         column_names: Names for the columns of a file without a header (replaces the header when there is one).
         encoding: Text encoding of the files.
+        extra_fields: CSV/TSV rows with more fields than there are columns: ``error`` (the default) or ``ignore``
+            (drop the extra trailing fields; STS-B's files carry two extra source fields on about 500 lines).
         tokenizer: Encoder name or folder whose tokenizer to use (the CLI links it to ``model.encoder``).
         max_length: Longest sequence in tokens, special tokens included; longer examples are truncated.
         batch_size: Training batch size (per device).
@@ -91,6 +93,7 @@ class TextDataModule(L.LightningDataModule):
         header: bool = True,
         column_names: list[str] | None = None,
         encoding: str = "utf-8",
+        extra_fields: Literal["error", "ignore"] = "error",
         tokenizer: str = "minilm",
         max_length: int = 128,
         batch_size: int = 32,
@@ -120,6 +123,7 @@ class TextDataModule(L.LightningDataModule):
             header=header,
             column_names=tuple(column_names) if column_names else None,
             encoding=encoding,
+            extra_fields=extra_fields,
         )
         self.tokenizer_name = tokenizer
         self.max_length, self.batch_size = max_length, batch_size
@@ -161,12 +165,14 @@ class TextDataModule(L.LightningDataModule):
                 "the label vocabulary is unknown: there is no `train_file` to read it from. Give `label_names` (the "
                 "run's config.yaml and checkpoint record them), or a `train_file`."
             )
-        table = self._read(train)
-        self._label_names = training_vocabulary(
-            table, self.label_column, self.task, self.label_delimiter, self._label_names
-        )
+        self._label_names = self._vocabulary(train)
         self._labels_checked = True
         return self._label_names
+
+    def _vocabulary(self, train: str) -> list[str]:
+        """The training file's label vocabulary (checked against a hand-written ``label_names``)."""
+        table = self._read(train)
+        return training_vocabulary(table, self.label_column, self.task, self.label_delimiter, self._label_names)
 
     @property
     def num_labels(self) -> int:
@@ -243,18 +249,11 @@ class TextDataModule(L.LightningDataModule):
     def _load_or_build(self, split: Split) -> Dataset:
         path = self._path(split)
         data = read_bytes(path)
-        settings = EncodeSettings(
-            tuple(self.text_columns),
-            self.label_column if split != "predict" else None,  # predictions need no labels; a file may have them
-            self.task,
-            self.label_delimiter,
-            self.max_length,
-            self.skip_empty_text,
-        )
+        settings = self._encode_settings(split)
         parts = {"file": sha256_bytes(data), "read": asdict(self.read_options), "encode": asdict(settings)}
         key = cache_key({**parts, "tokenizer": self._tokenizer_fingerprint(), "tokenizers": tokenizers.__version__})
         dataset, meta, self.cache_events[split] = self.cache.get_or_build(
-            split, key, lambda: encode_table(self._read(path, data), self.tokenizer, settings)
+            split, key, lambda: self._encode(self._read(path, data), settings)
         )
         if split not in self.truncated:  # report once per split and process
             self.truncated[split], self.skipped[split] = meta["truncated"], meta["skipped"]
@@ -264,6 +263,21 @@ class TextDataModule(L.LightningDataModule):
                 f"tokens, {meta['skipped']} empty texts skipped; cache {self.cache_events[split]}"
             )
         return dataset
+
+    def _encode_settings(self, split: Split) -> Any:
+        """A frozen dataclass of everything besides the file and tokenizer that decides the split's encoding."""
+        return EncodeSettings(
+            tuple(self.text_columns),
+            self.label_column if split != "predict" else None,  # predictions need no labels; a file may have them
+            self.task,
+            self.label_delimiter,
+            self.max_length,
+            self.skip_empty_text,
+        )
+
+    def _encode(self, table: Table, settings: Any) -> tuple[Dataset, dict[str, Any]]:
+        """Tokenises a split (see :func:`~bertft.data.encode.encode_table`); subclasses encode other layouts."""
+        return encode_table(table, self.tokenizer, settings)
 
     # ----- loaders ------------------------------------------------------------------------------------------------
 

@@ -42,9 +42,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     Evaluation (``shuffle=False``): one global sort by length, longest first, the same every time. Order does not
     matter there because every batch carries each example's ``row``.
 
-    Under DDP every rank builds the same batch list (same seed and epoch) and takes batches ``rank, rank + R, ...``.
-    The number of batches is made a multiple of the world size, by repeating batches from the start (or, with
-    ``drop_last``, by dropping the last ones), because ranks that run different numbers of steps deadlock.
+    Under DDP every rank builds the same list of *global* batches of ``batch_size * world_size`` examples (same seed
+    and epoch) and takes its own contiguous part of each, ``batch_size`` examples. Step ``k`` therefore sees exactly
+    the examples that a single process with ``batch_size * world_size`` would: DDP training matches single-process
+    training. A last, incomplete global batch is split as evenly as possible (repeating examples only when it has
+    fewer than one per rank), so every rank runs the same number of steps; ranks that do not deadlock.
 
     Args:
         lengths: Token count of each example.
@@ -93,52 +95,51 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         """Called by Lightning at the start of every epoch, so each epoch gets a new order."""
         self.epoch = epoch
 
-    def _all_batches(self) -> list[list[int]]:
+    def _global_batches(self) -> list[list[int]]:
         n = len(self.lengths)
+        size = self.batch_size * self.num_replicas
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(n, generator=generator)
-            chunk = self.batch_size * self.mega_batches
+            chunk = size * self.mega_batches
             batches: list[list[int]] = []
             for start in range(0, n, chunk):
                 part = order[start : start + chunk]
                 # stable sort keeps the shuffled order among equal lengths
                 part = part[torch.sort(self.lengths[part], descending=True, stable=True).indices]
-                batches.extend(part[i : i + self.batch_size].tolist() for i in range(0, len(part), self.batch_size))
+                batches.extend(part[i : i + size].tolist() for i in range(0, len(part), size))
             batch_order = torch.randperm(len(batches), generator=generator).tolist()
             batches = [batches[i] for i in batch_order]
         else:
             order = torch.sort(self.lengths, descending=True, stable=True).indices
-            batches = [order[i : i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+            batches = [order[i : i + size].tolist() for i in range(0, n, size)]
         if self.drop_last:
-            batches = [b for b in batches if len(b) == self.batch_size]
+            batches = [b for b in batches if len(b) == size]
         return batches
 
-    def _num_batches_per_rank(self, total: int) -> int:
-        if self.drop_last:
-            return total // self.num_replicas
-        return -(-total // self.num_replicas)  # ceil
+    def _share(self, batch: list[int]) -> list[int]:
+        """This rank's contiguous part of a global batch; parts differ in size by at most one."""
+        if len(batch) < self.num_replicas:  # too few to give every rank one: repeat some
+            batch = (batch * self.num_replicas)[: self.num_replicas]
+        bounds = [len(batch) * r // self.num_replicas for r in range(self.num_replicas + 1)]
+        return batch[bounds[self.rank] : bounds[self.rank + 1]]
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._all_batches()
-        per_rank = self._num_batches_per_rank(len(batches))
-        wanted = per_rank * self.num_replicas
-        if len(batches) < wanted and batches:  # pad by repeating batches so every rank runs the same number of steps
-            batches = (batches * (wanted // len(batches) + 1))[:wanted]
-        yield from batches[self.rank : wanted : self.num_replicas]
+        for batch in self._global_batches():
+            yield self._share(batch)
 
     def __len__(self) -> int:
-        n = len(self.lengths)
-        total = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-        return self._num_batches_per_rank(total)
+        n, size = len(self.lengths), self.batch_size * self.num_replicas
+        return n // size if self.drop_last else -(-n // size)
 
 
 class LengthSortedSampler(Sampler[int]):
     """Evaluation order: indices sorted by length, longest first, the same every time; this rank's share only.
 
-    Rank ``r`` of ``R`` takes sorted positions ``r, r + R, ...``, so every rank sees similar lengths. The list is
-    padded to a multiple of ``R`` by repeating the first indices (as ``DistributedSampler`` does) so every rank runs
-    the same number of batches; consumers drop the repeats by ``row``.
+    Rank ``r`` of ``R`` takes sorted positions ``r, r + R, ...``, so every rank sees similar lengths. Nothing is
+    repeated (``DistributedSampler`` pads with repeats, which would count some examples twice in the metrics): shares
+    differ by at most one example, and ranks may run one batch more or less. That is safe because evaluation and
+    prediction steps run no collective operation; metrics are gathered once, at the end of the epoch.
 
     Args:
         lengths: Token count of each example.
@@ -151,8 +152,11 @@ class LengthSortedSampler(Sampler[int]):
         self.num_replicas = default_size if num_replicas is None else num_replicas
         self.rank = default_rank if rank is None else rank
         order = torch.sort(torch.as_tensor(lengths, dtype=torch.long), descending=True, stable=True).indices.tolist()
-        padded = -(-len(order) // self.num_replicas) * self.num_replicas
-        order = (order * (padded // max(len(order), 1) + 1))[:padded] if order else order
+        if 0 < len(order) < self.num_replicas:
+            raise ValueError(
+                f"{len(order)} examples cannot be shared among {self.num_replicas} processes: use fewer devices "
+                "for this split or give it more examples."
+            )
         self.indices: list[int] = order[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:

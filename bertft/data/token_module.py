@@ -1,0 +1,124 @@
+"""``TokenDataModule``: token classification (NER) from CoNLL or JSONL files, sharing TextDataModule's machinery."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from datasets import Dataset
+
+from bertft.data.conll import TAGS, TOKENS, read_token_file
+from bertft.data.files import DataError, Table
+from bertft.data.labels import check_given
+from bertft.data.module import Split, TextDataModule
+from bertft.data.tokens import LabelSubtokens, TokenCollator, TokenEncodeSettings, encode_sentences
+
+
+class TokenDataModule(TextDataModule):
+    """One tag per word, from CoNLL files (``token ... TAG`` lines, blank lines between sentences) or JSONL.
+
+    Words are split into sub-tokens by the encoder's fast tokenizer and labelled on their first sub-token. A sentence
+    longer than ``max_length`` is cut into overlapping windows and merged back, so every word gets one prediction.
+    Caching, length-grouped batching and DDP sharding are :class:`~bertft.data.TextDataModule`'s; each window is one
+    example. Prediction files need only the words: one token per line, or JSONL ``{"tokens": [...]}``.
+
+    Args:
+        train_file: Training data: CoNLL (any extension but ``.jsonl``; ``-DOCSTART-`` lines are skipped) or JSONL
+            with ``tokens`` and ``tags`` lists, or a ``bundled://`` path.
+        val_file: Validation data.
+        test_file: Test data.
+        predict_file: Data to predict; tags are not needed.
+        task: Always ``token`` (the CLI links it from ``model.task``).
+        label_names: Fixed tag vocabulary and order; by default the sorted tags of the training file.
+        label_subtokens: Which sub-tokens of a word learn its tag: ``first`` (the others are ignored, as in the BERT
+            paper) or ``all`` (continuations learn the tag, ``B-`` turned into ``I-``). Predictions always come from
+            the first sub-token.
+        stride: Sub-tokens shared by consecutive windows of a sentence longer than ``max_length``; each word's
+            prediction comes from the window where it has the most context.
+        encoding: Text encoding of the files.
+        tokenizer: Encoder name or folder whose (fast) tokenizer to use (the CLI links it to ``model.encoder``).
+        max_length: Sub-tokens per window, special tokens included.
+        batch_size: Training batch size (per device), in windows.
+        eval_batch_size: Validation/test/predict batch size; default ``batch_size``.
+        group_by_length: Batch training windows of similar length together.
+        num_workers: DataLoader worker processes.
+        cache_dir: Folder for tokenised splits; default ``$BERTFT_CACHE`` or ``~/.cache/bertft``.
+        seed: Seed of the training order (combined with the epoch number).
+    """
+
+    def __init__(
+        self,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        task: Literal["token"] = "token",
+        label_names: list[str] | None = None,
+        label_subtokens: LabelSubtokens = "first",
+        stride: int = 32,
+        encoding: str = "utf-8",
+        tokenizer: str = "minilm",
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        group_by_length: bool = True,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        if task != "token":
+            raise ValueError(f"TokenDataModule serves task 'token', got {task!r}; use TextDataModule for {task!r}")
+        if label_subtokens not in ("first", "all"):
+            raise ValueError(f"label_subtokens={label_subtokens!r}: choose 'first' or 'all'")
+        if stride < 0:
+            raise ValueError(f"stride={stride} must be at least 0")
+        super().__init__(
+            train_file=train_file,
+            val_file=val_file,
+            test_file=test_file,
+            predict_file=predict_file,
+            text_column=TOKENS,
+            label_column=TAGS,
+            label_names=label_names,
+            encoding=encoding,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            group_by_length=group_by_length,
+            num_workers=num_workers,
+            cache_dir=cache_dir,
+            seed=seed,
+        )
+        self.task = "token"  # type: ignore[assignment]  # TextDataModule's own tasks are sequence-level
+        self.label_subtokens: LabelSubtokens = label_subtokens
+        self.stride = stride
+
+    @property
+    def text_columns(self) -> list[str]:
+        """``["tokens"]``: the words of each sentence (what predictions are written next to)."""
+        return [TOKENS]
+
+    def _read(self, path: str, data: bytes | None = None) -> Table:
+        return read_token_file(path, self.read_options.encoding, data)
+
+    def _vocabulary(self, train: str) -> list[str]:
+        table = self._read(train)
+        tags = table.frame[TAGS].tolist()
+        untagged = [i for i, t in enumerate(tags) if t is None]
+        if untagged:
+            raise DataError(f"{table.where(untagged[0])}: a training sentence without tags; write `token TAG` lines.")
+        observed = sorted({tag for sentence in tags for tag in sentence})
+        if self._label_names is None:
+            return observed
+        check_given(self._label_names, observed, table.path)
+        return list(self._label_names)
+
+    def _encode_settings(self, split: Split) -> TokenEncodeSettings:
+        return TokenEncodeSettings(labelled=split != "predict", max_length=self.max_length, stride=self.stride)
+
+    def _encode(self, table: Table, settings: Any) -> tuple[Dataset, dict[str, Any]]:
+        return encode_sentences(table, self.tokenizer, settings)
+
+    def _collator(self) -> TokenCollator:
+        tok = self.tokenizer
+        return TokenCollator(tok.pad_token_id or 0, self.label_names, tok.padding_side, self.label_subtokens)

@@ -1,0 +1,210 @@
+"""Multi-process training on CPU (gloo): DDP matches one process, metrics count every example once, multi-node runs.
+
+Each test starts real processes through the real entry point, as a user's launcher would.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertft import FineTuner
+from bertft.distributed import wrap_encoder_layers
+
+from .test_cli import ROOT, sst2_rows, write_tsv
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def results(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("rank*.json"))]
+
+
+def run(args: list[str], env: dict[str, str] | None = None, timeout: int = 600) -> list[dict]:
+    folder = Path(tempfile.mkdtemp(prefix="ddp-results-"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "BERTFT_RESULT_DIR": str(folder), **(env or {})}
+    env.pop("LOCAL_RANK", None)
+    result = subprocess.run(
+        [sys.executable, str(WORKER), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return results(folder)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("ddp_data")
+    deterministic = tmp / "deterministic.yaml"  # dropout off: DDP ranks and one process draw different masks
+    deterministic.write_text(
+        "model:\n  encoder_dropout: 0.0\n  head:\n    class_path: bertft.heads.MeanHead\n"
+        "    init_args:\n      dropout: 0.0\n"
+    )
+    return {
+        "train": write_tsv(tmp / "train.tsv", sst2_rows("train", 64)),
+        "val": write_tsv(tmp / "val.tsv", sst2_rows("test", 51)),  # 51: not divisible by 2 processes
+        "predict": write_tsv(tmp / "predict.tsv", sst2_rows("test", 37)),
+        "deterministic": deterministic,
+    }
+
+
+def fit_args(files: dict[str, Path], out: Path, batch_size: int, devices: int) -> list[str]:
+    return [
+        "fit",
+        "--config", str(ROOT / "configs" / "debug.yaml"),
+        "--config", str(files["deterministic"]),
+        f"--data.train_file={files['train']}",
+        f"--data.val_file={files['val']}",
+        "--data.test_file=null",
+        f"--data.batch_size={batch_size}",
+        "--trainer.max_steps=-1",
+        "--trainer.max_epochs=1",  # 64 rows / global batch 16 = 4 optimiser steps
+        "--trainer.val_check_interval=null",
+        "--trainer.limit_val_batches=null",
+        "--trainer.accelerator=cpu",
+        f"--trainer.devices={devices}",
+        f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={out}",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def single_and_ddp(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same fit on the real MiniLM and real rows: 1 process x batch 16, and 2 DDP processes x batch 8."""
+    out = tmp_path_factory.mktemp("ddp_runs")
+    single = run(fit_args(files, out / "single", 16, devices=1))
+    ddp = run(fit_args(files, out / "ddp", 8, devices=2), env={"MASTER_PORT": str(free_port())})
+    return {"out": out, "single": single, "ddp": ddp}
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_match_one_process(single_and_ddp: dict) -> None:
+    out = single_and_ddp["out"]
+    assert sorted(r["rank"] for r in single_and_ddp["ddp"]) == [0, 1]
+    assert len({r["sha256"] for r in single_and_ddp["ddp"]}) == 1  # the ranks agree
+    one = torch.load(next((out / "single").rglob("last.ckpt")), weights_only=True)
+    two = torch.load(next((out / "ddp").rglob("last.ckpt")), weights_only=True)
+    assert one["global_step"] == two["global_step"] == 4
+    diffs = {k: (one["state_dict"][k] - two["state_dict"][k]).abs().max().item() for k in one["state_dict"]}
+    worst = max(diffs, key=diffs.get)
+    # Tolerance: the ranks pad their halves of a batch differently, so sums run in another order (float32 noise).
+    assert diffs[worst] < 1e-5, (worst, diffs[worst])
+    # The learning-rate schedule stepped once per optimiser step in both.
+    assert one["lr_schedulers"][0]["last_epoch"] == two["lr_schedulers"][0]["last_epoch"] == 4
+
+
+@pytest.mark.slow
+def test_ddp_validation_counts_every_example_once(single_and_ddp: dict) -> None:
+    single = single_and_ddp["single"][0]["metrics"]
+    ddp = next(r for r in single_and_ddp["ddp"] if r["rank"] == 0)["metrics"]
+    for key in ("val/acc", "val/f1", "val/mcc"):
+        assert ddp[key] == pytest.approx(single[key], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_ddp_predict_equals_single_process_row_for_row(files: dict[str, Path], single_and_ddp: dict) -> None:
+    out = single_and_ddp["out"]
+    ckpt = next((out / "single").rglob("last.ckpt"))
+    tables = {}
+    for devices in (1, 2):
+        target = out / f"predictions-{devices}.csv"
+        run(
+            [
+                "predict", "--config", str(ROOT / "configs" / "debug.yaml"), f"--ckpt_path={ckpt}",
+                f"--data.train_file={files['train']}", f"--data.predict_file={files['predict']}",
+                "--data.batch_size=8", "--trainer.accelerator=cpu", f"--trainer.devices={devices}",
+                f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}", "--trainer.logger=false",
+                f"--trainer.default_root_dir={out / 'predict'}", f"--prediction.output_file={target}",
+            ],
+            env={"MASTER_PORT": str(free_port())},
+        )  # fmt: skip
+        with open(target, encoding="utf-8") as f:
+            tables[devices] = list(csv.DictReader(f))
+    assert len(tables[1]) == 37
+    assert [r["sentence"] for r in tables[2]] == [r["sentence"] for r in tables[1]]
+    assert [r["prediction"] for r in tables[2]] == [r["prediction"] for r in tables[1]]
+    for a, b in zip(tables[1], tables[2], strict=True):
+        assert float(a["prob_1"]) == pytest.approx(float(b["prob_1"]), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_machine_with_bf16(files: dict[str, Path], tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """num_nodes=2, one process each, started by hand with Lightning's environment variables (as SLURM or a
+    scheduler would); bf16-mixed on CPU. Both finish, agree on the weights, and exit 0."""
+    port = str(free_port())
+    args = [
+        *fit_args(files, tmp_path, 8, devices=1),
+        f"--model.encoder={tiny_bert_dir}",
+        "--trainer.num_nodes=2",
+        "--trainer.strategy=ddp",
+        "--trainer.precision=bf16-mixed",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": port, "WORLD_SIZE": "2", "LOCAL_RANK": "0", "BERTFT_RESULT_DIR": str(tmp_path)}  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), *args],
+            env={**env, "NODE_RANK": str(node)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for node in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-4000:]
+        assert "terminate called" not in err
+    reports = results(tmp_path)
+    assert sorted(r["rank"] for r in reports) == [0, 1]
+    assert reports[0]["sha256"] == reports[1]["sha256"]
+
+
+def test_fsdp_config_parses_and_wraps_each_encoder_layer(tiny_bert_dir: Path) -> None:
+    """On CPU only the parts: Lightning refuses FSDP with the CPU accelerator (see the GPU test below)."""
+    import yaml
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    config = yaml.safe_load((ROOT / "configs" / "trainer" / "fsdp.yaml").read_text())
+    parser = ArgumentParser()
+    parser.add_argument("--strategy", type=FSDPStrategy)
+    strategy = parser.instantiate_classes(parser.parse_object({"strategy": config["trainer"]["strategy"]})).strategy
+    assert isinstance(strategy, FSDPStrategy)
+    assert strategy.kwargs["auto_wrap_policy"] is wrap_encoder_layers
+
+    model = FineTuner(str(tiny_bert_dir))
+    wrapped = [m for m in model.modules() if wrap_encoder_layers(m, recurse=False, nonwrapped_numel=0)]
+    layers = list(model.encoder.encoder.layer)
+    assert len(wrapped) == len(layers) == 2
+    assert all(a is b for a, b in zip(wrapped, layers, strict=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: Lightning's FSDP refuses the CPU")
+def test_fsdp_and_bf16_fit_on_gpu(files: dict[str, Path], tmp_path: Path) -> None:
+    devices = torch.cuda.device_count()
+    run(
+        [
+            *fit_args(files, tmp_path, 8, devices=1), "--config", str(ROOT / "configs" / "trainer" / "fsdp.yaml"),
+            "--trainer.accelerator=gpu", f"--trainer.devices={devices}",
+        ],
+        env={"MASTER_PORT": str(free_port())},
+    )  # fmt: skip
+    assert list(tmp_path.rglob("last.ckpt"))
