@@ -12,15 +12,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from lightning.pytorch import LightningDataModule
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from bertft.data.conll import TAGS, TOKENS
+from bertft.data.encode import ROW
+from bertft.data.files import Table
+from bertft.data.tokens import WORD_INDEX, TokenEncodeSettings, encode_sentences
 from bertft.encoder import forward_arguments, load_encoder, resolve_encoder, run_encoder
 from bertft.heads import Head
 from bertft.model import FineTuner, head_from_config
+from bertft.ner import entities
 
 #: The description of an exported folder: head, task, labels, versions and the sha256 of every other file.
 MANIFEST = "bertft.json"
@@ -221,11 +227,13 @@ class Predictor:
         return result
 
     def predict(self, texts: Sequence[Text], batch_size: int = 32) -> list[dict[str, Any]]:
-        """One dict per text, in input order.
+        """One dict per text, in input order (for a token-classification model, see :meth:`predict_tokens`).
 
         Each has ``label``: the label name (classification), the list of names above the threshold (multilabel) or
         the value (regression); and for classification and multilabel ``probs``, ``{name: probability}``.
         """
+        if self.task == "token":
+            return self.predict_tokens(texts, batch_size)  # type: ignore[arg-type]
         logits = self.logits(texts, batch_size)
         if self.task == "regression":
             return [{"label": v} for v in logits.squeeze(-1).tolist()]
@@ -242,6 +250,56 @@ class Predictor:
         return [
             {"label": label, "probs": dict(zip(names, row, strict=True))}
             for label, row in zip(labels, probs.tolist(), strict=True)
+        ]
+
+    def predict_tokens(
+        self, sentences: Sequence[Sequence[str]], batch_size: int = 32, stride: int = 32
+    ) -> list[dict[str, Any]]:
+        """Tags pre-split sentences with a token-classification model (NER), one tag per word, in input order.
+
+        Sentences longer than ``max_length`` sub-tokens are cut into overlapping windows and merged back exactly as in
+        training and evaluation (:mod:`bertft.data.tokens`), so every word gets one tag.
+
+        Args:
+            sentences: One list of words per sentence.
+            batch_size: Windows per forward pass.
+            stride: Sub-tokens shared by consecutive windows of a long sentence.
+
+        Returns:
+            ``{"tokens", "tags", "entities": [{"text", "type", "start", "end"}]}`` per sentence (``end`` exclusive).
+        """
+        if self.task != "token":
+            raise ValueError(f"predict_tokens needs a token-classification model; this one is {self.task!r}")
+        if isinstance(sentences, str) or any(isinstance(s, str) for s in sentences):
+            raise TypeError("sentences must be lists of words, e.g. [['EU', 'rejects', 'German', 'call']]")
+        words = [list(s) for s in sentences]
+        frame = pd.DataFrame({TOKENS: words, TAGS: [None] * len(words)}, dtype=object)
+        table = Table("<sentences>", frame, list(range(1, len(words) + 1)), unit="sentence")
+        windows, _ = encode_sentences(table, self.tokenizer, TokenEncodeSettings(False, self.max_length, stride))
+        tags = [[""] * len(w) for w in words]
+        order = sorted(range(len(windows)), key=lambda i: -len(windows[i]["input_ids"]))
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                keys = [k for k in ("input_ids", "token_type_ids") if k in windows.column_names]
+                enc = {key: [windows[i][key] for i in rows] for key in keys}
+                enc["attention_mask"] = [[1] * len(ids) for ids in enc["input_ids"]]
+                batch = self._pad(enc, list(range(len(rows))))
+                predicted = self.model(**batch).argmax(dim=-1).cpu().tolist()  # (B, T)
+                for b, i in enumerate(rows):
+                    for position, word in enumerate(windows[i][WORD_INDEX]):
+                        if word >= 0:
+                            tags[windows[i][ROW]][word] = self.label_names[predicted[b][position]]
+        return [
+            {
+                "tokens": w,
+                "tags": t,
+                "entities": [
+                    {"text": " ".join(w[e.start : e.end]), "type": e.type, "start": e.start, "end": e.end}
+                    for e in entities(t)
+                ],
+            }
+            for w, t in zip(words, tags, strict=True)
         ]
 
     def _tokenize(self, texts: Sequence[Text]) -> dict[str, list[list[int]]]:

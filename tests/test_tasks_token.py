@@ -267,3 +267,31 @@ def test_fit_then_predict_through_the_cli(tmp_path: Path, tiny_bert_dir: Path, d
         expected = [{"text": " ".join(r["tokens"][e.start : e.end]), "type": e.type, "start": e.start, "end": e.end}
                     for e in entities(r["tags"])]  # fmt: skip
         assert r["entities"] == expected
+
+
+def test_predictor_tags_words_like_a_direct_forward_and_windows_long_sentences(tiny_bert_dir: Path, dev: Table) -> None:
+    from bertft.inference import EncoderWithHead, Predictor
+
+    model = FineTuner(str(tiny_bert_dir), head=TokenHead(), task="token", num_labels=9, label_names=TAG_SET).eval()
+    tok = load_tokenizer(str(tiny_bert_dir))
+    sentences = [list(s) for s in dev.frame[TOKENS][:20]]
+    wide = Predictor(EncoderWithHead(model.encoder, model.head), tok, "token", TAG_SET, max_length=128)
+    results = wide.predict(sentences)
+    for words, result in zip(sentences, results, strict=True):  # no windows: the same as one forward pass
+        enc = tok(words, is_split_into_words=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(dict(enc))[0]
+        word_ids = enc.word_ids(0)
+        firsts = [p for p, w in enumerate(word_ids) if w is not None and (p == 0 or word_ids[p - 1] != w)]
+        assert result["tokens"] == words
+        assert result["tags"] == [TAG_SET[i] for i in logits[firsts].argmax(-1).tolist()]
+        assert [(e["type"], e["start"], e["end"]) for e in result["entities"]] == list(
+            map(tuple, entities(result["tags"]))
+        )
+    narrow = Predictor(EncoderWithHead(model.encoder, model.head), tok, "token", TAG_SET, max_length=12)
+    longest = sorted(sentences, key=len)[-3:]
+    for words, result in zip(longest, narrow.predict_tokens(longest, stride=4), strict=True):
+        assert len(result["tags"]) == len(words)  # windows merged back: every word tagged
+        assert all(t in TAG_SET for t in result["tags"])
+    with pytest.raises(TypeError, match="lists of words"):
+        wide.predict_tokens(["EU rejects German call"])
