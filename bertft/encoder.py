@@ -176,11 +176,17 @@ def run_encoder(
     """
     inputs = {k: v for k, v in batch.items() if k in accepted}
     out = encoder(**inputs, output_hidden_states=hidden_states, output_attentions=attentions, return_dict=True)
+    if attentions and not out.attentions:  # sdpa and flash attention return none, silently
+        raise ValueError(
+            f"attention maps were asked for, but the encoder runs {encoder.config._attn_implementation!r} attention, "
+            "which returns none: load it with eager attention (load_encoder(..., with_attentions=True) or "
+            "FineTuner(..., output_attentions=True))."
+        )
     return EncoderOutput(
         last_hidden_state=out.last_hidden_state,
         pooler_output=getattr(out, "pooler_output", None) if pooler else None,
         hidden_states=tuple(out.hidden_states) if hidden_states else None,
-        attentions=tuple(out.attentions) if attentions and out.attentions is not None else None,
+        attentions=tuple(out.attentions) if attentions else None,
     )
 
 

@@ -185,7 +185,9 @@ class FineTuner(L.LightningModule):
         Args:
             batch: Tokenizer output (``input_ids``, ``attention_mask``, ...).
             attentions: Also return attention maps, ``(batch, heads, seq, seq)`` per layer. The encoder is switched to
-                eager attention for this (``sdpa`` returns none).
+                eager attention for this, and stays so (``sdpa`` returns none, and is faster: pass
+                ``output_attentions=True`` at construction, or switch back with
+                ``model.encoder.set_attn_implementation("sdpa")``).
             hidden_states: Also return the embeddings and every layer's output.
         """
         if attentions and self.encoder.config._attn_implementation != "eager":
