@@ -24,7 +24,7 @@ from bertft.heads import MeanHead, PoolerHead, WeightedLayersHead
 from bertft.inference import HEAD_WEIGHTS, MANIFEST, EncoderWithHead, Predictor, load
 
 from .conftest import MINILM, read_sst2
-from .test_model import make_batches
+from .test_model import fit, make_batches
 
 LABELS = ["negative", "positive"]
 HAS_ONNX = importlib.util.find_spec("onnx") is not None  # the exporter needs it; onnxruntime checks the result
@@ -35,16 +35,7 @@ def train_checkpoint(path: Path, head, steps: int, rows: int) -> Path:
     L.seed_everything(0)
     loader = make_batches(MINILM, *read_sst2("train", rows), batch_size=16)
     model = FineTuner("minilm", head=head, label_names=LABELS, lr=1e-4)
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, loader)
+    trainer = fit(model, loader, steps=steps)
     trainer.save_checkpoint(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     ckpt[LightningDataModule.CHECKPOINT_HYPER_PARAMS_KEY] = {"tokenizer": "minilm", "max_length": MAX_LENGTH}

@@ -13,7 +13,7 @@ from bertft import FineTuner
 from bertft.heads import ConcatCLSHead, MeanHead, PoolerHead, WeightedLayersHead
 
 from .conftest import MINILM, read_sst2
-from .test_model import make_batches
+from .test_model import fit, make_batches
 
 
 def mean_loss(model: FineTuner, loader) -> float:
@@ -29,16 +29,7 @@ def test_thirty_steps_lower_the_training_loss() -> None:
     loader = make_batches(MINILM, *read_sst2("train", 480), batch_size=16)  # 30 batches of real rows
     model = FineTuner("minilm", lr=1e-4, warmup_ratio=0.1)
     before = mean_loss(model, loader)
-    trainer = L.Trainer(
-        max_steps=30,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, loader)
+    trainer = fit(model, loader, steps=30)
     assert trainer.global_step == 30
     after = mean_loss(model, loader)
     assert after < 0.8 * before, (before, after)
@@ -70,15 +61,7 @@ def test_logits_equal_a_hand_written_forward(head) -> None:
 def test_checkpoint_round_trip_reproduces_logits(tmp_path: Path) -> None:
     loader = make_batches(MINILM, *read_sst2("train", 32), batch_size=16)
     model = FineTuner("minilm", head=WeightedLayersHead(last_k=3, include_embeddings=False), label_names=["neg", "pos"])
-    trainer = L.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, loader)
+    trainer = fit(model, loader, steps=2)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     loaded = FineTuner.load_from_checkpoint(path, map_location="cpu", weights_only=True)
@@ -97,15 +80,7 @@ def test_freeze_encoder_leaves_every_encoder_weight_bit_identical() -> None:
     loader = make_batches(MINILM, *read_sst2("train", 64), batch_size=16)
     model = FineTuner("minilm", freeze_encoder=True, lr=1e-3)
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    trainer = L.Trainer(
-        max_steps=4,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, loader)
+    fit(model, loader, steps=4)
     after = model.encoder.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -30,7 +30,8 @@ def make_batches(encoder_dir: Path, texts: list[str], labels: list, batch_size: 
     return DataLoader(list(zip(texts, labels, strict=True)), batch_size=batch_size, collate_fn=collate)
 
 
-def fit(model: FineTuner, loader: DataLoader, steps: int) -> None:
+def fit(model: FineTuner, loader: DataLoader, steps: int) -> L.Trainer:
+    """Trains ``steps`` optimiser steps on CPU with nothing written to disk; returns the trainer."""
     trainer = L.Trainer(
         max_steps=steps,
         accelerator="cpu",
@@ -41,6 +42,7 @@ def fit(model: FineTuner, loader: DataLoader, steps: int) -> None:
         limit_val_batches=0,
     )
     trainer.fit(model, loader)
+    return trainer
 
 
 def captured_calls(model: FineTuner) -> list[dict]:
