@@ -179,18 +179,19 @@ def collate(enc: dict[str, list[list[int]]], labels: list[int], rows: list[int])
 
 
 def batches(lengths: list[int], seed: int, bucketed: bool) -> list[list[int]]:
-    """Random batches; bucketed: sort chunks of 50 batches by length, then shuffle the batch order (as bertft)."""
+    """Random batches; bucketed: exactly the batches bertft's sampler yields for this seed (same rows, same order).
+
+    Sharing bertft's batch plan makes the bucketed loop and bertft do identical work step for step, so their ratio is
+    framework overhead alone rather than which batch lengths each happened to draw in a few dozen steps.
+    """
+    if bucketed:
+        from bertft.data.sampler import LengthGroupedBatchSampler
+
+        return list(LengthGroupedBatchSampler(lengths, BATCH, shuffle=True, seed=seed, num_replicas=1, rank=0))
     rng = random.Random(seed)
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    if not bucketed:
-        return [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
-    out = []
-    for c in range(0, len(order), BATCH * 50):
-        chunk = sorted(order[c : c + BATCH * 50], key=lambda i: -lengths[i])
-        out += [chunk[i : i + BATCH] for i in range(0, len(chunk), BATCH)]
-    rng.shuffle(out)
-    return out
+    return [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
 
 
 def run_torch(spec: dict[str, Any]) -> dict[str, Any]:
@@ -793,8 +794,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             "tokenisation, `DataCollatorWithPadding`, `train_sampling_strategy='group_by_length'` (the transformers 5 "
             "name of `group_by_length`), `optim` left at its default, `adamw_torch_fused`.",
             "- Hand loops: the same network bertft builds (MiniLM without its pooler, masked mean, dropout, linear). "
-            "Baseline: random batches padded to their longest, `AdamW` default (foreach). Floor: chunks of 50 "
-            "batches sorted by length, batch order shuffled (bertft's scheme), `AdamW(fused=True)`.",
+            "Baseline: random batches padded to their longest, `AdamW` default (foreach). Floor: the very batches "
+            "bertft's `LengthGroupedBatchSampler` yields for the same seed (chunks of 50 batches sorted by length, "
+            "batch order shuffled), so bertft and the floor do identical work step for step; `AdamW(fused=True)`.",
             "- Useful FLOPs per real (non-padding) token: 6 × non-embedding matmul parameters (q, k, v, o and FFN "
             "matrices: 10.6 M) plus attention, 12 × layers × hidden × the sequence's own real length; padding is "
             "not useful work. Divided by the same round's matmul peak.",
