@@ -25,6 +25,8 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
+from bertft.io import atomic_write_text
+
 PACKAGES = ("bertft", "torch", "lightning", "transformers", "torchmetrics", "jsonargparse", "wandb", "tensorboard")
 # Values of config keys that look like these are replaced before the config reaches any logger.
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
@@ -265,6 +267,14 @@ class ConfigToLoggers(SaveConfigCallback):
         pl_module._log_hyperparams = False
         if trainer.datamodule is not None:
             trainer.datamodule._log_hyperparams = False
+        if not self.already_saved and self.save_to_log_dir and self.overwrite and not self.multifile:
+            log_dir = trainer.log_dir  # broadcasts the folder: every rank must ask
+            if log_dir is not None and "://" not in log_dir:
+                # Lightning writes config.yaml in place; a kill mid-write would leave a truncated experiment record.
+                if trainer.is_global_zero:
+                    text = self.parser.dump(self.config, skip_none=False)
+                    atomic_write_text(Path(log_dir) / self.config_filename, text)
+                self.save_to_log_dir = False  # written: Lightning's setup only logs it now
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -283,5 +293,5 @@ class ConfigToLoggers(SaveConfigCallback):
                 # A copy named apart from wandb's own files/config.yaml (the run config). Not a symlink: the next run
                 # in the same folder overwrites config.yaml.
                 run_dir = Path(logger.experiment.dir)
-                (run_dir / "lightning_config.yaml").write_text(text, encoding="utf-8")
+                atomic_write_text(run_dir / "lightning_config.yaml", text)
                 logger.experiment.save(str(run_dir / "lightning_config.yaml"), base_path=str(run_dir), policy="now")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +14,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from bertft.io import atomic_writer
 from bertft.ner import entities
 
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
@@ -204,17 +203,8 @@ def token_prediction_frame(
 
 def write_atomically(frame: pd.DataFrame, path: Path) -> None:
     """Writes ``frame`` to a temporary file beside ``path`` and renames it, so ``path`` is never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            if path.suffix.lower() == ".jsonl":
-                frame.to_json(f, orient="records", lines=True, force_ascii=False)
-            else:
-                frame.to_csv(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path, newline="") as f:
+        if path.suffix.lower() == ".jsonl":
+            frame.to_json(f, orient="records", lines=True, force_ascii=False)
+        else:
+            frame.to_csv(f, index=False)
