@@ -12,12 +12,13 @@ from jsonargparse import ArgumentParser
 from jsonargparse._common import debug_mode_active
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from bertft.data import TextDataModule
 from bertft.distributed import destroy_process_group
 from bertft.loggers import ConfigToLoggers, finish_loggers
 from bertft.model import FineTuner
+from bertft.precision import default_precision
 from bertft.prediction import PredictionWriter
 from bertft.tasks import PRIMARY_METRIC
 from bertft.tracking import LearningRateMonitor, Tracker
@@ -100,6 +101,12 @@ class BertftCLI(LightningCLI):
         data = data.get("init_args", data)  # subclass mode: the data module's arguments sit under init_args
         if not data.get("train_file") and not data.get("label_names") and model.get("label_names"):
             data["label_names"] = model["label_names"]
+        trainer = config["trainer"]
+        if trainer.get("precision") is None:  # unset: bf16 only where the hardware runs it faster (bertft.precision)
+            trainer["precision"] = default_precision(str(trainer.get("accelerator") or "auto"))
+            rank_zero_info(
+                f"precision: {trainer['precision']} (chosen for this hardware; set trainer.precision to override)"
+            )
         # bertft's loggers leave save_dir empty: runs land beside the checkpoints in trainer.default_root_dir.
         loggers = config["trainer"].get("logger")
         for logger in loggers if isinstance(loggers, list) else [loggers]:
