@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 from jsonargparse import ArgumentParser
 from jsonargparse._common import debug_mode_active
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from bertft.checks import (
+    UnsafeCheckpointError,
+    check_checkpoint_matches,
+    check_output_folder,
+    is_checkpoint_file,
+    read_checkpoint_safely,
+)
 from bertft.data import TextDataModule
 from bertft.distributed import destroy_process_group
+from bertft.faults import (
+    AtomicCheckpointIO,
+    NonFiniteLossStop,
+    ResumeCheckpoint,
+    find_last_checkpoint,
+    log_resume,
+    resume_message,
+)
 from bertft.loggers import ConfigToLoggers, finish_loggers
 from bertft.model import FineTuner
 from bertft.precision import default_precision
@@ -46,7 +65,18 @@ def _known_keys(parser: ArgumentParser) -> set[str]:
     return keys
 
 
+# Options the CLI links from the data, which jsonargparse refuses by hand: say what to set instead.
+_LINKED_FROM_DATA = {
+    "model.num_labels": "model.num_labels follows the data (the classes in data.train_file), so it cannot be given by "
+    "hand: leave it out, and give data.label_names to fix the classes and their order",
+    "model.label_names": "model.label_names follows the data: give data.label_names instead",
+}
+
+
 def _suggestion(parser: ArgumentParser, message: str) -> str:
+    linked = re.search(r'Linked "([\w.]+)"', message)
+    if linked and linked.group(1) in _LINKED_FROM_DATA:
+        return f"\n{_LINKED_FROM_DATA[linked.group(1)]}."
     keys = _known_keys(parser)
     dotted = set(re.findall(r"[A-Za-z_]\w*(?:\.\w+)+", message)) - keys
     hints = []
@@ -91,6 +121,34 @@ class BertftCLI(LightningCLI):
         # Always present, silent without a logger: a layered logger config (configs/loggers/) is all a user adds.
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(Tracker, "tracking")
+        # Faults: last.ckpt refreshed mid-epoch with the RNG states, a checkpoint on SIGTERM, a stop on NaN loss.
+        parser.add_lightning_class_args(ResumeCheckpoint, "resume")
+        parser.add_lightning_class_args(NonFiniteLossStop, "nonfinite")
+
+    def _parse_ckpt_path(self) -> None:
+        if self.config.get("subcommand") == "fit" and self.config["fit"].get("ckpt_path") == "last":
+            _resolve_last_checkpoint(self.config["fit"])  # before the checkpoint's hyperparameters are read
+        # LightningCLI then merges the checkpoint's hyperparameters into the config, silently taking its encoder and
+        # head over the config's. First: read the file without running code, and refuse what the config sets otherwise.
+        self._checkpoint: tuple[str, dict[str, Any]] | None = None
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        if config is not None and "ckpt_path" in config:
+            if config.get("weights_only") is False:
+                raise UnsafeCheckpointError(
+                    "weights_only: false would let a checkpoint run code as it loads; bertft always loads checkpoints "
+                    "with weights_only=True (its own hold only tensors and plain values). Remove the option."
+                )
+            if is_checkpoint_file(config["ckpt_path"]):
+                path = str(config["ckpt_path"])
+                saved = read_checkpoint_safely(path).get("hyper_parameters") or {}
+                # Options left at their defaults are taken from the checkpoint: compare only what the config sets.
+                defaults = inspect.signature(self._model_class.__init__).parameters
+                model = config["model"]
+                given = {k: model.get(k) for k in ("encoder", "head", "task") if model.get(k) != defaults[k].default}
+                check_checkpoint_matches(path, saved, given, subcommand)
+                self._checkpoint = (path, saved)
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         """Reuses the checkpoint's label vocabulary when ``test`` / ``predict`` run without the training file."""
@@ -114,6 +172,19 @@ class BertftCLI(LightningCLI):
             if init_args is not None and "save_dir" in init_args and init_args["save_dir"] is None:
                 init_args["save_dir"] = config["trainer"].get("default_root_dir") or "."
 
+    def after_instantiate_classes(self) -> None:
+        """Refuses a ``--ckpt_path`` trained on other labels than the data's, before its weights are loaded."""
+        if getattr(self, "_checkpoint", None) is not None:
+            path, saved = self._checkpoint
+            check_checkpoint_matches(path, saved, self.model.hparams, str(self.subcommand))
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        # Every --ckpt_path loads without unpickling code, whatever torch's default (a `weights_only: null` config).
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+            kwargs["weights_only"] = True
+        return kwargs
+
     def _run_subcommand(self, subcommand: str) -> None:
         # Ends a W&B run when the command ends (after fit's own test, too), flushing it and printing an offline
         # run's upload command; Lightning leaves the run open until the process exits.
@@ -125,14 +196,22 @@ class BertftCLI(LightningCLI):
         finish_loggers(self.trainer)
 
     def before_fit(self) -> None:
-        """Without validation data there is no metric to pick a best checkpoint by: keep ``last.ckpt`` only."""
-        if self.datamodule.hparams.get("val_file"):
-            return
-        for callback in self.trainer.callbacks:
-            if isinstance(callback, ModelCheckpoint) and callback.monitor:
-                rank_zero_warn(f"no data.val_file: no best checkpoint by {callback.monitor}; last.ckpt is kept")
-                callback.monitor = None
-                callback.save_top_k = 1
+        """Keeps ``last.ckpt`` only without validation data; checks the output folder before any tokenising.
+
+        Without validation data there is no metric to pick a best checkpoint by. The output folder must be writable
+        and its disk must have room for the checkpoints kept (:func:`bertft.checks.check_output_folder`).
+        """
+        if not self.datamodule.hparams.get("val_file"):
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, ModelCheckpoint) and callback.monitor:
+                    rank_zero_warn(f"no data.val_file: no best checkpoint by {callback.monitor}; last.ckpt is kept")
+                    callback.monitor = None
+                    callback.save_top_k = 1
+        if self.trainer.is_global_zero:  # rank 0 writes every checkpoint
+            check_output_folder(self.trainer, self.model)
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # a strategy's own writer (FSDP, ...) is kept
+            strategy.checkpoint_io = AtomicCheckpointIO()
 
     def after_fit(self) -> None:
         """Reports the test metrics of the best checkpoint when the data names a test file."""
@@ -141,7 +220,7 @@ class BertftCLI(LightningCLI):
             return
         callback = self.trainer.checkpoint_callback
         best = callback.best_model_path if isinstance(callback, ModelCheckpoint) else ""
-        self.trainer.test(self.model, datamodule=data, ckpt_path="best" if best else None)
+        self.trainer.test(self.model, datamodule=data, ckpt_path="best" if best else None, weights_only=True)
 
 
 def main(args: ArgsType = None, run: bool = True) -> BertftCLI | None:
@@ -181,9 +260,52 @@ def main(args: ArgsType = None, run: bool = True) -> BertftCLI | None:
             raise
         _fail(err)
         raise  # unreachable: _fail exits
+    except SIGTERMException as err:
+        # 128 + SIGTERM, what a shell reports for a job ended by SIGTERM; schedulers read it as "preempted".
+        sys.stderr.write(resume_message(err, _root_dir(argv)) + "\n")
+        sys.exit(143)
     if run:
         destroy_process_group()
     return cli
+
+
+def _resolve_last_checkpoint(config: Any) -> None:
+    """``fit --ckpt_path last``: the newest ``last.ckpt`` of any earlier run under ``trainer.default_root_dir``.
+
+    Each run gets a new logger version folder, so Lightning's own ``last`` (this run's checkpoints) finds nothing after
+    a kill. The run continues in the folder it resumes from where the logger allows (CSV and TensorBoard ``version``).
+    With none found it warns and starts afresh, so a scheduler can requeue the same command from the first attempt.
+    """
+    root = Path(config["trainer"].get("default_root_dir") or ".")
+    found = find_last_checkpoint(root)
+    if found is None:
+        rank_zero_warn(f"--ckpt_path last: no last.ckpt under {root} (trainer.default_root_dir); starting a fresh run")
+        config["ckpt_path"] = None
+        return
+    log_resume(found)
+    config["ckpt_path"] = str(found)
+    parts = found.relative_to(root).parts  # <logger name>/<version>/checkpoints/last.ckpt
+    if len(parts) != 4 or parts[2] != "checkpoints":
+        return
+    loggers = config["trainer"].get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = getattr(logger, "init_args", None)
+        if init_args is None or "version" not in init_args or init_args.get("version") is not None:
+            continue
+        save_dir = Path(init_args.get("save_dir") or root)
+        if init_args.get("name") == parts[0] and save_dir.resolve() == root.resolve():
+            init_args["version"] = parts[1]  # keep writing metrics and checkpoints into the resumed run's folder
+
+
+def _root_dir(argv: Any) -> str:
+    """``trainer.default_root_dir`` as given on the command line, for messages."""
+    args = [str(a) for a in argv] if isinstance(argv, list) else []
+    for i, arg in enumerate(args):
+        if arg.startswith("--trainer.default_root_dir="):
+            return arg.split("=", 1)[1]
+        if arg == "--trainer.default_root_dir" and i + 1 < len(args):
+            return args[i + 1]
+    return "trainer.default_root_dir"
 
 
 def _fail(err: BaseException) -> Any:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from bertft.checks import read_checkpoint_safely
 from bertft.data.conll import TAGS, TOKENS
 from bertft.data.encode import ROW
 from bertft.data.files import Table
@@ -131,13 +132,14 @@ def read_checkpoint(ckpt_path: str | Path) -> tuple[FineTuner, str, int | None]:
 
     Raises:
         FileNotFoundError: No file at ``ckpt_path``.
+        UnsafeCheckpointError: The file would run code as it is unpickled (see :mod:`bertft.checks`); nothing ran.
+        ValueError: The file is truncated or not a checkpoint.
     """
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
+    # Read first on its own (memory-mapped, weights_only): a crafted or truncated file gets a clear error, not
+    # Lightning's traceback. The data module's settings, not part of the model, come from it too.
+    raw = read_checkpoint_safely(path)
     model = FineTuner.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
-    # The data module's settings are not part of the model: read them from the raw checkpoint (also pickle-free).
-    raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     data = raw.get(LightningDataModule.CHECKPOINT_HYPER_PARAMS_KEY) or {}
     tokenizer = data.get("tokenizer") or model.hparams["encoder"]
     return model, str(tokenizer), data.get("max_length")
@@ -332,18 +334,22 @@ class Predictor:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Predictor:
-    """Loads an exported folder for inference; needs nothing but the folder (no checkpoint, no hub).
+    """Loads an exported folder (or a Lightning checkpoint) for inference; needs nothing but the folder.
 
     Args:
-        path: A folder written by :func:`bertft.export.export`.
+        path: A folder written by :func:`bertft.export.export`, or a ``.ckpt`` file (then as
+            :meth:`Predictor.from_checkpoint`: loaded with ``weights_only=True``, the encoder's files must be at hand).
         device: Where to run, e.g. ``"cuda"``.
         dtype: Weight dtype of the encoder, e.g. ``torch.bfloat16``; ``None`` keeps float32.
 
     Raises:
         FileNotFoundError: A file is missing (named in the message).
-        ValueError: A file was altered since export, or the head does not fit the encoder.
+        ValueError: A file was altered since export, the head does not fit the encoder, or a checkpoint was refused
+            because unpickling it would run code.
     """
     folder = Path(path)
+    if folder.is_file():
+        return Predictor.from_checkpoint(folder, device, dtype)
     manifest = read_manifest(folder)
     head = head_from_config(manifest["head"])
     encoder = load_encoder(

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import lightning as L
 import pandas as pd
 import tokenizers
+import torch
 from datasets import Dataset
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
@@ -26,7 +27,7 @@ from bertft.data.encode import (
 )
 from bertft.data.files import DataError, ReadOptions, Table, read_bytes, read_table
 from bertft.data.labels import TASKS, Task, check_known, training_vocabulary
-from bertft.data.sampler import LengthGroupedBatchSampler, LengthSortedSampler, check_sharding
+from bertft.data.sampler import LengthGroupedBatchSampler, LengthSortedSampler, ResumableDataLoader, check_sharding
 
 Split = Literal["train", "val", "test", "predict"]
 _STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
@@ -233,7 +234,9 @@ class TextDataModule(L.LightningDataModule):
         """Tokenises and caches the splits the current trainer stage needs (Lightning runs this on one process)."""
         stage = self.trainer.state.fn if self.trainer is not None else None
         for split in self._splits(str(stage.value) if stage is not None else None):
-            self._load_or_build(split)
+            # Labels checked here, before Lightning creates the loggers' folders and saves the config: a run that
+            # stops on a label unseen in training leaves no half-made run behind.
+            self._check_known_labels(split, self._load_or_build(split))
 
     def setup(self, stage: str | None = None) -> None:
         """Loads the stage's splits from the cache, building any that ``prepare_data`` did not."""
@@ -283,12 +286,13 @@ class TextDataModule(L.LightningDataModule):
 
     def _dataset(self, split: Split) -> Dataset:
         dataset = self._ensure(split)  # also serves Python API use that never called setup
-        if LABELS in dataset.column_names and self.task != "regression" and split not in self._known_labels_checked:
-            self._check_known_labels(split, dataset)
+        self._check_known_labels(split, dataset)
         keep = [c for c in dataset.column_names if c not in (LINE, LENGTH)]
         return dataset.select_columns(keep)
 
     def _check_known_labels(self, split: Split, dataset: Dataset) -> None:
+        if LABELS not in dataset.column_names or self.task == "regression" or split in self._known_labels_checked:
+            return
         where = f"{self.files[split]}, {self._units.get(split, 'line')}"
         check_known(_column(dataset, LABELS), _column(dataset, LINE), self.label_names, where)
         self._known_labels_checked.add(split)
@@ -297,12 +301,16 @@ class TextDataModule(L.LightningDataModule):
         tok = self.tokenizer
         return Collator(tok.pad_token_id or 0, self.task, self.label_names, tok.padding_side)
 
-    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset: Dataset, loader_class: type[DataLoader] = DataLoader, **kwargs: Any) -> DataLoader:
+        return loader_class(
             dataset,
             collate_fn=self._collator(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # Each new iterator draws a seed from its loader's generator; with none it draws from the global RNG,
+            # so validation would shift the dropout masks of the training steps after it, and a resumed run (whose
+            # loaders start at other points) would not repeat the uninterrupted run's masks.
+            generator=torch.Generator(),
             **kwargs,
         )
 
@@ -317,7 +325,8 @@ class TextDataModule(L.LightningDataModule):
             seed=self.seed,
             mega_batches=50 if self.group_by_length else 1,  # 1: sorting within a batch changes nothing
         )
-        return self._loader(dataset, batch_sampler=sampler)
+        # Resumable: checkpoints record the position in the epoch, so a resumed run continues with the next batch.
+        return self._loader(dataset, ResumableDataLoader, batch_sampler=sampler)
 
     def _eval_loader(self, split: Split) -> DataLoader:
         # Sorted by length for speed and deterministic; `row` in every batch restores the input order.

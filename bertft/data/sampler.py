@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 def distributed_rank_and_size() -> tuple[int, int]:
@@ -90,10 +90,39 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         # Lightning calls `set_epoch` on `dataloader.sampler` and `dataloader.batch_sampler.sampler`, never on the
         # batch sampler itself: exposing ourselves as `.sampler` is what makes it reshuffle every epoch.
         self.sampler = self
+        self.batches_done = 0  # batches yielded in the current pass over the epoch
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) from load_state_dict
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch, so each epoch gets a new order."""
         self.epoch = epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the current epoch stands: enough to yield exactly the remaining batches after a restart."""
+        return {
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "seed": self.seed,
+            "global_batch_size": self.batch_size * self.num_replicas,
+            "num_examples": len(self.lengths),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Makes the next pass over ``state["epoch"]`` skip the batches already done (and only that epoch's).
+
+        Raises:
+            ValueError: The saved state is of a different training set or batch layout, whose batches cannot match.
+        """
+        ours = self.state_dict()
+        for key in ("seed", "global_batch_size", "num_examples"):
+            if key in state and state[key] != ours[key]:
+                raise ValueError(
+                    f"the checkpoint's training order has {key}={state[key]}, this run has {ours[key]}: its "
+                    "mid-epoch position cannot be resumed. Resume with the same training file, data.seed, batch "
+                    "size and number of devices, or start from an end-of-epoch checkpoint."
+                )
+        self.epoch = int(state["epoch"])
+        self._resume = (self.epoch, int(state["batches_done"]))
 
     def _global_batches(self) -> list[list[int]]:
         n = len(self.lengths)
@@ -124,8 +153,19 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         bounds = [len(batch) * r // self.num_replicas for r in range(self.num_replicas + 1)]
         return batch[bounds[self.rank] : bounds[self.rank + 1]]
 
+    @property
+    def pending_skip(self) -> int:
+        """Batches the next pass will skip: those done before a restart, if the pass is over the same epoch."""
+        if self._resume is None or self._resume[0] != self.epoch:
+            return 0
+        return self._resume[1]
+
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self._global_batches():
+        skip = self.pending_skip
+        self._resume = None  # once: the next epoch starts from its beginning
+        self.batches_done = skip
+        for batch in self._global_batches()[skip:]:
+            self.batches_done += 1
             yield self._share(batch)
 
     def __len__(self) -> int:
@@ -164,3 +204,32 @@ class LengthSortedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class ResumableDataLoader(DataLoader):
+    """A training ``DataLoader`` over a :class:`LengthGroupedBatchSampler` that resumes in the middle of an epoch.
+
+    Lightning stores ``state_dict()`` of every training loader in its checkpoints and calls ``load_state_dict`` before
+    iterating again after a restart (for models that build the loader before the restore, e.g. to read
+    ``estimated_stepping_batches``, :class:`bertft.faults.ResumeCheckpoint` makes that call). The position saved is
+    the number of batches handed to the training loop, not the number the sampler produced: worker processes fetch
+    ahead. After a restart the loader yields exactly the batches an uninterrupted run would have yielded next, and no
+    batch twice.
+    """
+
+    batch_sampler: LengthGroupedBatchSampler
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: nothing runs before the first batch is asked for, which Lightning does after `set_epoch`.
+        self._batches_done = self.batch_sampler.pending_skip
+        for batch in super().__iter__():
+            self._batches_done += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's epoch and seed, with the number of batches the training loop has received this epoch."""
+        return {**self.batch_sampler.state_dict(), "batches_done": getattr(self, "_batches_done", 0)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Makes the next pass over the saved epoch start after its last batch received."""
+        self.batch_sampler.load_state_dict(state)
