@@ -7,12 +7,11 @@ documents and are not sentences. A line with a single field is a token without a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from bertft.data.files import DataError, Table, read_bytes
+from bertft.data.files import DataError, Table, jsonl_records, read_bytes
 
 #: Columns of a token-classification table: the words of each sentence and, when labelled, one tag per word.
 TOKENS, TAGS = "tokens", "tags"
@@ -93,14 +92,8 @@ def _read_jsonl(path: str, text: str) -> tuple[list[list[str]], list[list[str] |
     sentences: list[list[str]] = []
     sentence_tags: list[list[str] | None] = []
     lines: list[int] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}, line {number}: not valid JSON ({err.msg}).") from None
-        words = record.get(TOKENS) if isinstance(record, dict) else None
+    for number, record in jsonl_records(path, text):
+        words = record.get(TOKENS)
         if not isinstance(words, list) or not words:
             raise DataError(f'{path}, line {number}: expected an object with a non-empty "tokens" list.')
         tags = record.get(TAGS)

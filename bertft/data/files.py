@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -214,9 +215,12 @@ def _check_header(path: str, names: list[str]) -> None:
         )
 
 
-def _read_jsonl(path: str, text: str) -> Table:
-    records: list[dict[str, Any]] = []
-    lines: list[int] = []
+def jsonl_records(path: str, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields ``(line number, record)`` for each non-blank line of a JSON Lines file's text.
+
+    Raises:
+        DataError: A line that is not valid JSON, or not a JSON object; the error names the file and line.
+    """
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -229,9 +233,13 @@ def _read_jsonl(path: str, text: str) -> Table:
             ) from None
         if not isinstance(record, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object, found {type(record).__name__}.")
-        records.append(record)
-        lines.append(number)
-    return Table(path, pd.DataFrame.from_records(records), lines)
+        yield number, record
+
+
+def _read_jsonl(path: str, text: str) -> Table:
+    numbered = list(jsonl_records(path, text))
+    records = [record for _, record in numbered]
+    return Table(path, pd.DataFrame.from_records(records), [number for number, _ in numbered])
 
 
 def is_missing(value: Any) -> bool:
