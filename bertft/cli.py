@@ -262,7 +262,7 @@ def main(args: ArgsType = None, run: bool = True) -> BertftCLI | None:
         raise  # unreachable: _fail exits
     except SIGTERMException as err:
         # 128 + SIGTERM, what a shell reports for a job ended by SIGTERM; schedulers read it as "preempted".
-        sys.stderr.write(resume_message(err, _root_dir(argv)) + "\n")
+        sys.stderr.write(resume_message(err) + "\n")
         sys.exit(143)
     if run:
         destroy_process_group()
@@ -295,17 +295,6 @@ def _resolve_last_checkpoint(config: Any) -> None:
         save_dir = Path(init_args.get("save_dir") or root)
         if init_args.get("name") == parts[0] and save_dir.resolve() == root.resolve():
             init_args["version"] = parts[1]  # keep writing metrics and checkpoints into the resumed run's folder
-
-
-def _root_dir(argv: Any) -> str:
-    """``trainer.default_root_dir`` as given on the command line, for messages."""
-    args = [str(a) for a in argv] if isinstance(argv, list) else []
-    for i, arg in enumerate(args):
-        if arg.startswith("--trainer.default_root_dir="):
-            return arg.split("=", 1)[1]
-        if arg == "--trainer.default_root_dir" and i + 1 < len(args):
-            return args[i + 1]
-    return "trainer.default_root_dir"
 
 
 def _fail(err: BaseException) -> Any:

@@ -169,6 +169,7 @@ class ResumeCheckpoint(Checkpoint):
             self.sigterm_checkpoint = self._save_last(trainer)
         exception.bertft_checkpoint = self.sigterm_checkpoint  # type: ignore[attr-defined]
         exception.bertft_step = trainer.global_step  # type: ignore[attr-defined]
+        exception.bertft_root = trainer.default_root_dir  # type: ignore[attr-defined]
 
     def state_dict(self) -> dict[str, Any]:
         """Every process's RNG states at the moment of saving (gathered from all ranks under DDP)."""
@@ -263,10 +264,11 @@ class NonFiniteLossStop(Callback):
         )
 
 
-def resume_message(exception: BaseException, root: str) -> str:
+def resume_message(exception: BaseException) -> str:
     """The one line the CLI prints when SIGTERM stopped training."""
     path = getattr(exception, "bertft_checkpoint", None)
     step = getattr(exception, "bertft_step", "?")
+    root = getattr(exception, "bertft_root", "trainer.default_root_dir")
     if not path:
         return f"bertft: stopped by SIGTERM after optimiser step {step}; no checkpoint could be written."
     return (
