@@ -18,6 +18,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from bertft.allocator import reuse_freed_memory
 from bertft.checks import (
     UnsafeCheckpointError,
     check_checkpoint_matches,
@@ -238,6 +239,7 @@ def main(args: ArgsType = None, run: bool = True) -> BertftCLI | None:
         return None
     # Forked DataLoader workers warn (or hang) when the fast tokenizer's thread pool was used before the fork.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    reuse_freed_memory()  # large activation buffers are kept for the next step, not re-mapped (bertft.allocator)
     try:
         cli = BertftCLI(
             FineTuner,
