@@ -1,8 +1,9 @@
 """Training and prediction speed of bertft against the Hugging Face Trainer and hand-written PyTorch loops (issue 6).
 
-One command runs every variant round-robin (each round rotates the order), each in its own subprocess so that its
-peak resident memory is its own, on the packaged MiniLM, SST-2's training rows, batch size 32, lr 5e-5, fp32, the
-same thread count and the same number of optimiser steps, with dropout on:
+One command runs every variant in its own subprocess, so that its peak resident memory is its own. The training
+variants of a round start together and take turns of a few optimiser steps each (``Gate``; each round rotates the
+order), so that this shared host's speed drift hits them alike. All run on the packaged MiniLM, SST-2's training
+rows, batch size 32, lr 5e-5, fp32, the same thread count and the same number of optimiser steps, with dropout on:
 
 - ``bertft``: ``bertft.cli.main`` with ``configs/quickstart.yaml`` (+ overrides for steps, seed, output folder);
 - ``hf_default``: ``transformers.Trainer`` as its text-classification example runs by default (pad to 128);
@@ -89,17 +90,59 @@ class Recorder:
         self.batches.append((*mask.shape, int(n.sum()), mask.numel(), int((n * n).sum())))
 
 
+class Gate:
+    """Takes turns with the other training variants of a round: only the holder of the turn runs.
+
+    The orchestrator starts every training variant of a round at once and hands a turn to one at a time, round-robin
+    (``--turn-steps`` optimiser steps each), through a pair of pipes: a ``g`` byte grants the turn, a ``p`` byte gives
+    it back, an ``x`` byte says the worker is done. Variants therefore alternate every few seconds instead of every
+    few minutes, and a drift in this host's speed hits them all alike. Time spent waiting for a turn is left out of
+    the clock (``Clock.paused``), so it counts in no step and no data wait.
+    """
+
+    def __init__(self) -> None:
+        self.fds: tuple[int, int] | None = None
+        self.every, self.ticks = 1, 0
+
+    def setup(self, fds: list[int] | None, every: int) -> None:
+        self.fds, self.every = (fds[0], fds[1]) if fds else None, max(1, every)
+
+    def acquire(self) -> None:
+        if self.fds is not None:
+            os.read(self.fds[0], 1)
+
+    def pause(self, clock: Clock) -> None:
+        """After the clock's start marker and after every ``every`` steps: give the turn back and wait for the next."""
+        if self.fds is None:
+            return
+        self.ticks += 1
+        if self.ticks == 1 or (self.ticks - 1) % self.every == 0:
+            t0 = time.perf_counter()
+            os.write(self.fds[1], b"p")
+            self.acquire()
+            clock.paused += time.perf_counter() - t0
+
+    def finish(self) -> None:
+        if self.fds is not None:
+            os.write(self.fds[1], b"x")
+
+
+GATE = Gate()
+
+
 class Clock:
     """Step-end times and data waits; step k's time is ``end[k] - end[k-1]``; steps before ``skip`` are untimed."""
 
     def __init__(self, skip: int) -> None:
         self.skip, self.ends, self.starts = skip, [], []
+        self.paused = 0.0  # seconds spent waiting for a turn (Gate), left out of every interval
 
     def start(self) -> None:
-        self.starts.append(time.perf_counter())
+        self.starts.append(time.perf_counter() - self.paused)
 
     def end(self) -> None:
-        self.ends.append(time.perf_counter())
+        self.ends.append(time.perf_counter() - self.paused)
+        GATE.pause(self)
 
     def result(self, rec: Recorder) -> dict[str, Any]:
         s = self.skip
@@ -473,6 +516,8 @@ def run_matmul(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker(spec: dict[str, Any]) -> None:
+    GATE.setup(spec.get("gate"), spec.get("turn_steps", 1))
+    GATE.acquire()  # nothing heavy (not even importing torch) before this worker's first turn
     import torch
 
     torch.set_num_threads(spec["threads"])
@@ -488,7 +533,8 @@ def worker(spec: dict[str, Any]) -> None:
     timed = [tuple(x) for x in result.get("shapes", [])]
     result["warmed_pct"] = 100 * sum(x in WARMED for x in timed) / max(1, len(timed))
     result["threads"] = torch.get_num_threads()
-    print("RESULT " + json.dumps(result))
+    print("RESULT " + json.dumps(result), flush=True)
+    GATE.finish()
 
 
 # ----- the orchestrator -------------------------------------------------------------------------------------------
@@ -533,6 +579,47 @@ def launch(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def launch_in_turns(jobs: list[tuple[str, dict[str, Any]]], turn_steps: int) -> dict[str, dict[str, Any]]:
+    """Starts every job at once and runs them in turns of ``turn_steps`` optimiser steps (see ``Gate``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(jobs[0][1]["threads"]), "PYTHONPATH": str(ROOT)}
+    running: dict[str, tuple[subprocess.Popen, int, int, Any, float]] = {}
+    for name, spec in jobs:
+        go_r, go_w = os.pipe()
+        done_r, done_w = os.pipe()
+        # A file, not a pipe, for the worker's output: a full pipe would stall a worker in the middle of its turn.
+        log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed when the worker is collected)
+        spec = {**spec, "gate": [go_r, done_w], "turn_steps": turn_steps}
+        cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, pass_fds=(go_r, done_w)
+        )
+        os.close(go_r)
+        os.close(done_w)
+        running[name] = (proc, go_w, done_r, log, time.perf_counter())
+    results: dict[str, dict[str, Any]] = {}
+    while running:
+        for name in list(running):
+            proc, go_w, done_r, log, t0 = running[name]
+            os.write(go_w, b"g")
+            if os.read(done_r, 1) == b"p":  # paused; b"x" or end of file: finished (or failed)
+                continue
+            proc.wait()
+            os.close(go_w)
+            os.close(done_r)
+            log.seek(0)
+            text = log.read()
+            log.close()
+            lines = [x for x in text.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                for other, *_ in running.values():
+                    other.kill()
+                sys.stderr.write(text[-6000:])
+                raise RuntimeError(f"worker {name} failed ({proc.returncode})")
+            results[name] = {**json.loads(lines[-1][7:]), "wall_s": time.perf_counter() - t0}
+            del running[name]
+    return results
+
+
 def nonembedding_matmul_params() -> tuple[int, int, int]:
     from transformers import AutoConfig
 
@@ -550,10 +637,19 @@ def main_() -> None:
     p.add_argument("--long-rounds", type=int, default=None, help="rounds that include long texts (default: all)")
     p.add_argument("--skip", type=int, default=2, help="untimed optimiser steps before the timed ones")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--turn-steps", type=int, default=4, help="SST-2 steps per turn while variants alternate")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--predict-rows", type=int, default=1024, help="SST-2 dev rows to predict")
     p.add_argument("--accuracy", action="store_true", help="also train each variant --accuracy-steps steps and test")
     p.add_argument("--accuracy-steps", type=int, default=300)
+    p.add_argument(
+        "--accuracy-variants",
+        nargs="+",
+        default=TRAIN_VARIANTS,
+        choices=TRAIN_VARIANTS,
+        metavar="V",
+        help="variants in the accuracy pass (default: all; hf_default alone takes 20 minutes for 300 steps)",
+    )
     p.add_argument("--note", default="", help="a line for BENCHMARKS.md, e.g. 'shared machine'")
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md and the plot alone")
     p.add_argument("--report-only", action="store_true", help="rewrite BENCHMARKS.md and the plot from results.json")
@@ -577,31 +673,41 @@ def main_() -> None:
     base = {"threads": args.threads, "skip": args.skip, "accuracy": False}
     results: dict[str, Any] = {"rounds": [], "args": vars(args), "long": long_info}
     for r in range(args.rounds):
-        jobs: list[tuple[str, dict[str, Any]]] = [("matmul", {"kind": "matmul"})]
-        for v in TRAIN_VARIANTS:
-            spec = {"kind": "train", "variant": v, "dataset": "sst2", "steps": args.steps, "seed": r}
-            jobs.append((f"sst2/{v}", {**spec, "train_file": str(SST2 / "train.tsv"), "max_length": 128}))
-        long_rounds = args.rounds if args.long_rounds is None else args.long_rounds
-        for v in LONG_VARIANTS if args.long_steps and r < long_rounds else []:
-            spec = {"kind": "train", "variant": v, "dataset": "long", "steps": args.long_steps, "seed": r}
-            jobs.append((f"long/{v}", {**spec, "train_file": str(long_file), "max_length": 256}))
-        for v in ("bertft", "torch"):
-            jobs.append((f"predict/{v}", {"kind": "predict", "variant": v, "rows": args.predict_rows}))
-        jobs = jobs[r % len(jobs) :] + jobs[: r % len(jobs)]  # rotate, so no variant always runs first or last
-        # data preparation: a first run into an empty cache, then a second run that finds it (order matters)
-        jobs += [("prep/first", {"kind": "prep", "cache_dir": str(tmp / f"cache{r}")}),
-                 ("prep/cached", {"kind": "prep", "cache_dir": str(tmp / f"cache{r}")})]  # fmt: skip
-        row = {}
-        for name, spec in jobs:
-            row[name] = launch({**base, **spec})
+        row: dict[str, Any] = {}
+
+        def done(name: str, r: int = r, row: dict[str, Any] = row) -> None:
             print(f"round {r + 1}/{args.rounds} {name}: {summary(row[name])}  [{time.perf_counter() - started:.0f}s]",
                   flush=True)  # fmt: skip
+
+        row["matmul"] = launch({**base, "kind": "matmul"})
+        done("matmul")
+        # Training: each dataset's variants run side by side, taking turns (Gate), starting from a rotated variant.
+        groups = [("sst2", TRAIN_VARIANTS, args.steps, SST2 / "train.tsv", 128)]
+        if args.long_steps and r < (args.rounds if args.long_rounds is None else args.long_rounds):
+            groups.append(("long", LONG_VARIANTS, args.long_steps, long_file, 256))
+        for dataset, variants, steps, train_file, max_length in groups:
+            variants = variants[r % len(variants) :] + variants[: r % len(variants)]
+            jobs = [(f"{dataset}/{v}", {**base, "kind": "train", "variant": v, "dataset": dataset, "steps": steps,
+                                        "seed": r, "train_file": str(train_file), "max_length": max_length})
+                    for v in variants]  # fmt: skip
+            row.update(launch_in_turns(jobs, args.turn_steps if dataset == "sst2" else 1))
+            for name, _ in jobs:
+                done(name)
+        predict = [
+            (f"predict/{v}", {"kind": "predict", "variant": v, "rows": args.predict_rows}) for v in ("bertft", "torch")
+        ]
+        # data preparation: a first run into an empty cache, then a second run that finds it (order matters)
+        prep = [("prep/first", {"kind": "prep", "cache_dir": str(tmp / f"cache{r}")}),
+                ("prep/cached", {"kind": "prep", "cache_dir": str(tmp / f"cache{r}")})]  # fmt: skip
+        for name, spec in predict[r % 2 :] + predict[: r % 2] + prep:
+            row[name] = launch({**base, **spec})
+            done(name)
         results["rounds"].append(row)
         if not args.no_write:  # keep what is measured even if a later step fails
             raw.write_text(json.dumps(results, indent=1))
     if args.accuracy:
         results["accuracy"] = {}
-        for v in TRAIN_VARIANTS:
+        for v in args.accuracy_variants:
             spec = {**base, "kind": "train", "variant": v, "dataset": "sst2", "steps": args.accuracy_steps, "skip": 1,
                     "train_file": str(SST2 / "train.tsv"), "max_length": 128, "seed": 0, "accuracy": True}  # fmt: skip
             res = launch(spec)
@@ -693,7 +799,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         + "".join(f" --{k} {getattr(args, k.replace('-', '_'))}" for k in ("steps", "long-steps", "rounds"))
         + f" --predict-rows {args.predict_rows}"
         + (f" --long-rounds {args.long_rounds}" if args.long_rounds is not None else "")
-        + (" --accuracy" if args.accuracy else ""),
+        + (f" --turn-steps {args.turn_steps}" if "turn_steps" in args else "")
+        + (" --accuracy --accuracy-variants " + " ".join(args.accuracy_variants) if args.accuracy else ""),
         "```",
         "",
         f"This run: {len(rounds)} rounds, {args.steps} timed steps per variant and round on SST-2 "
