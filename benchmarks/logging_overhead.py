@@ -34,7 +34,6 @@ def timed_fit(logged: bool, args: argparse.Namespace, root: Path) -> float:
         f"--trainer.val_check_interval={args.steps // 2}",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
-        "--trainer.enable_checkpointing=false",
         f"--trainer.default_root_dir={root}",
     ]  # fmt: skip
     argv += ["--config", str(ROOT / "configs" / "loggers" / "wandb.yaml")] if logged else ["--trainer.logger=false"]
