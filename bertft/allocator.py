@@ -53,5 +53,9 @@ def reuse_freed_memory(limit_bytes: int = 1 << 30) -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    # Setting either threshold also stops glibc's dynamic adjustment of both, so both are set.
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, limit_bytes)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, limit_bytes))
+    # Setting either threshold also stops glibc's dynamic adjustment of both, so both are set. Some glibc versions
+    # refuse an mmap threshold above 32 MiB (their dynamic maximum on 64-bit); that still covers most buffers.
+    for limit in (limit_bytes, min(limit_bytes, 32 << 20)):
+        if libc.mallopt(_M_MMAP_THRESHOLD, limit):
+            return bool(libc.mallopt(_M_TRIM_THRESHOLD, limit))
+    return False

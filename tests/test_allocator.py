@@ -64,3 +64,21 @@ def test_the_command_line_turns_it_on(monkeypatch: pytest.MonkeyPatch, tmp_path:
     cli.main(["--model.encoder", str(tiny_bert_dir), f"--data.train_file={train}", "--data.text_column=sentence",
               "--data.label_column=label", "--data.quoting=false", *quick_args(tmp_path)], run=False)  # fmt: skip
     assert calls == [True]
+
+
+def test_a_glibc_that_caps_the_threshold_gets_32_mib(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int]] = []
+
+    class CappedLibc:  # glibc versions that refuse an mmap threshold above their 32 MiB dynamic maximum
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return int(param != allocator._M_MMAP_THRESHOLD or value <= 32 << 20)
+
+    for key in ("BERTFT_MALLOC", "LD_PRELOAD", *allocator._THEIRS):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(allocator.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("glibc", "2.17"))
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: CappedLibc())
+    assert allocator.reuse_freed_memory() is True
+    mmap, trim = allocator._M_MMAP_THRESHOLD, allocator._M_TRIM_THRESHOLD
+    assert calls == [(mmap, 1 << 30), (mmap, 32 << 20), (trim, 32 << 20)]
