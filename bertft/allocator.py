@@ -3,11 +3,12 @@
 glibc's ``malloc`` serves every allocation above its mmap threshold (128 KiB, raised on the fly to at most 32 MiB) with
 a fresh ``mmap`` and returns it with ``munmap`` on free. A training step on the CPU allocates and frees the same large
 activation buffers every step (one 256-token batch of 32 has 100 MB attention-score tensors), so every step the kernel
-maps and zero-fills them again, page by page: 273,000 minor page faults per step for MiniLM on 256-token texts,
-measured with ``benchmarks/train_speed.py``. Raising the mmap and trim thresholds makes ``malloc`` keep those buffers
-on its heap and hand them out again, which is what the PyTorch performance guide's advice to switch to jemalloc or
-TCMalloc achieves, without a preloaded library. Measured here (two processes stepped alternately, same batches):
-1.18x faster training on 256-token texts, within noise on SST-2's short sentences, where buffers are small.
+maps and zero-fills them again, page by page: 273,000 to 349,000 minor page faults per step for MiniLM on 256-token
+texts. Raising the mmap and trim thresholds makes ``malloc`` keep those buffers on its heap and hand them out again,
+which is what the PyTorch performance guide's advice to switch to jemalloc or TCMalloc achieves, without a preloaded
+library. Measured here with ``benchmarks/allocator.py`` (two processes stepped
+alternately, same batches): 1.18x to 1.24x faster training on 256-token texts, within noise on SST-2's short
+sentences, where buffers are small.
 
 The cost: memory freed after the peak stays with the process (up to ``limit_bytes`` more) until it exits, which a
 training or prediction process reaches again every step anyway.
