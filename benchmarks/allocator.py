@@ -38,7 +38,6 @@ def child(mode: str, data: str, steps: int) -> None:
         assert reuse_freed_memory(), "reuse_freed_memory() did not apply on this system"
     from bertft import tasks
     from bertft.cli import main
-    from bertft.optim import make_optimizer, parameter_groups
 
     out = tempfile.mkdtemp(prefix="bertft-allocator-")
     argv = ["--config", str(ROOT / "configs" / "quickstart.yaml"), f"--trainer.default_root_dir={out}",
@@ -49,12 +48,8 @@ def child(mode: str, data: str, steps: int) -> None:
     cli.datamodule.setup("fit")
     loader = iter(cli.datamodule.train_dataloader())
     batches = [next(loader) for _ in range(steps)]
-    model, hp = cli.model.train(), cli.model.hparams
-    groups = parameter_groups(
-        model.encoder, model.head, lr=hp["lr"], head_lr=hp["head_lr"] or hp["lr"], mix_lr=hp["mix_lr"],
-        weight_decay=hp["weight_decay"], layer_lr_decay=hp["layer_lr_decay"],
-    )  # fmt: skip
-    optimizer = make_optimizer(groups, tuple(hp["betas"]), hp["eps"], hp["fused"])
+    model = cli.model.train()
+    optimizer = model.build_optimizer()
 
     def step(batch: dict) -> None:
         tasks.loss(model.task, model(batch), batch["labels"]).backward()

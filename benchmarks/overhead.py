@@ -33,7 +33,6 @@ from lightning.pytorch import Callback  # noqa: E402
 
 from bertft import tasks  # noqa: E402
 from bertft.cli import main as cli_main  # noqa: E402
-from bertft.optim import make_optimizer, parameter_groups  # noqa: E402
 
 
 class Batches:
@@ -64,12 +63,7 @@ class StepEnds(Callback):
 
 def bare_loop(model: Any, batches: list[dict[str, torch.Tensor]]) -> list[float]:
     """The same steps written by hand: forward, loss, backward, fused AdamW over bertft's groups, schedule, zero."""
-    hp = model.hparams
-    groups = parameter_groups(
-        model.encoder, model.head, lr=hp["lr"], head_lr=hp["head_lr"] or hp["lr"], mix_lr=hp["mix_lr"],
-        weight_decay=hp["weight_decay"], layer_lr_decay=hp["layer_lr_decay"],
-    )  # fmt: skip
-    optimizer = make_optimizer(groups, tuple(hp["betas"]), hp["eps"], hp["fused"])
+    optimizer = model.build_optimizer()
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / len(batches))
     model.train()
     ends = [time.perf_counter()]

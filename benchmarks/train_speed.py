@@ -565,31 +565,37 @@ def make_long_file(path: Path) -> dict[str, float]:
     return {"docs": len(docs), "mean_tokens": statistics.mean(lengths), "truncated": sum(n == 256 for n in lengths)}
 
 
+def worker_command(spec: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a worker process for ``spec``."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONPATH": str(ROOT)}
+    return [sys.executable, __file__, "--worker", json.dumps(spec)], env
+
+
+def worker_result(name: str, returncode: int, output: str, t0: float) -> dict[str, Any]:
+    """The worker's ``RESULT`` line, with its wall time since ``t0``; its output's tail if it failed."""
+    lines = [x for x in output.splitlines() if x.startswith("RESULT ")]
+    if returncode or not lines:
+        sys.stderr.write(output[-8000:])
+        raise RuntimeError(f"worker {name} failed ({returncode})")
+    return {**json.loads(lines[-1][7:]), "wall_s": time.perf_counter() - t0}
+
+
 def launch(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                          env=env, cwd=ROOT)  # fmt: skip
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-        raise RuntimeError(f"worker {spec['kind']}/{spec.get('variant')} failed ({proc.returncode})")
-    result = json.loads(lines[-1][7:])
-    result["wall_s"] = time.perf_counter() - t0
-    return result
+    cmd, env = worker_command(spec)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    return worker_result(f"{spec['kind']}/{spec.get('variant')}", proc.returncode, proc.stdout + proc.stderr, t0)
 
 
 def launch_in_turns(jobs: list[tuple[str, dict[str, Any]]], turn_steps: int) -> dict[str, dict[str, Any]]:
     """Starts every job at once and runs them in turns of ``turn_steps`` optimiser steps (see ``Gate``)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(jobs[0][1]["threads"]), "PYTHONPATH": str(ROOT)}
     running: dict[str, tuple[subprocess.Popen, int, int, Any, float]] = {}
     for name, spec in jobs:
         go_r, go_w = os.pipe()
         done_r, done_w = os.pipe()
         # A file, not a pipe, for the worker's output: a full pipe would stall a worker in the middle of its turn.
         log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed when the worker is collected)
-        spec = {**spec, "gate": [go_r, done_w], "turn_steps": turn_steps}
-        cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+        cmd, env = worker_command({**spec, "gate": [go_r, done_w], "turn_steps": turn_steps})
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, pass_fds=(go_r, done_w)
         )
@@ -607,16 +613,15 @@ def launch_in_turns(jobs: list[tuple[str, dict[str, Any]]], turn_steps: int) -> 
             os.close(go_w)
             os.close(done_r)
             log.seek(0)
-            text = log.read()
+            output = log.read()
             log.close()
-            lines = [x for x in text.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode or not lines:
+            del running[name]
+            try:
+                results[name] = worker_result(name, proc.returncode, output, t0)
+            except RuntimeError:
                 for other, *_ in running.values():
                     other.kill()
-                sys.stderr.write(text[-6000:])
-                raise RuntimeError(f"worker {name} failed ({proc.returncode})")
-            results[name] = {**json.loads(lines[-1][7:]), "wall_s": time.perf_counter() - t0}
-            del running[name]
+                raise
     return results
 
 
@@ -868,8 +873,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         out += [f"| {LABELS[v]} | {a:.4f} |" for v, a in results["accuracy"].items()]
     f = results["figs"]
 
-    def ratio_of(a: str, b: str, key: str = "sps") -> list[float]:
-        return [x / y for x, y in zip(f[a][key], f[b][key], strict=True)]
+    def ratio_of(a: str, b: str, key: str = "sps", figs: dict[str, dict[str, list[float]]] = f) -> list[float]:
+        return [x / y for x, y in zip(figs[a][key], figs[b][key], strict=True)]
 
     vs_best, vs_default = ratio_of("bertft", "hf_best"), ratio_of("bertft", "hf_default")
     vs_floor, rss = ratio_of("bertft", "torch_bucketed"), ratio_of("bertft", "torch_bucketed", "rss")
@@ -886,15 +891,15 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         ("prediction ≥ 2.2x the unsorted loop", ratio, 2.2, True),
         ("cached data prep < 10% of first", prep_ratio, 0.10, False),
     ]  # fmt: skip
-    if any("long/bertft" in row for row in rounds):
-        g = train_figures(results, "long", LONG_VARIANTS)
+    if "long_figs" in results:  # computed with the long-text table above
+        g = results["long_figs"]
         targets += [
             ("long texts: training ≥ 1.15x HF Trainer at best settings (real tokens/s)",
-             [x / y for x, y in zip(g["bertft"]["tps"], g["hf_best"]["tps"], strict=True)], 1.15, True),
+             ratio_of("bertft", "hf_best", "tps", g), 1.15, True),
             ("long texts: training ≥ 0.97x bucketed fused hand loop",
-             [x / y for x, y in zip(g["bertft"]["sps"], g["torch_bucketed"]["sps"], strict=True)], 0.97, True),
+             ratio_of("bertft", "torch_bucketed", "sps", g), 0.97, True),
             ("long texts: peak memory within 10% of the bucketed hand loop",
-             [x / y for x, y in zip(g["bertft"]["rss"], g["torch_bucketed"]["rss"], strict=True)], 1.10, False),
+             ratio_of("bertft", "torch_bucketed", "rss", g), 1.10, False),
         ]  # fmt: skip
     out += ["", "## Targets (SST-2 unless marked; ratios per round, median [range])", "",
             "| target | measured | met (median) |", "|---|---|---|"]  # fmt: skip

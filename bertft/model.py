@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from bertft import tasks
 from bertft.encoder import (
@@ -249,8 +250,11 @@ class FineTuner(L.LightningModule):
             out["row"] = batch["row"]
         return out
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW over parameter groups, with warmup then decay stepped per optimiser step."""
+    def build_optimizer(self) -> Optimizer:
+        """AdamW over this model's parameter groups (no-decay, layer-wise decay, head and mixing learning rates).
+
+        What ``configure_optimizers`` trains with, without the schedule; for loops written by hand around the model.
+        """
         hp = self.hparams
         groups = parameter_groups(
             self.encoder,
@@ -261,7 +265,12 @@ class FineTuner(L.LightningModule):
             weight_decay=hp["weight_decay"],
             layer_lr_decay=hp["layer_lr_decay"],
         )
-        optimizer = make_optimizer(groups, tuple(hp["betas"]), hp["eps"], hp["fused"])
+        return make_optimizer(groups, tuple(hp["betas"]), hp["eps"], hp["fused"])
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over parameter groups, with warmup then decay stepped per optimiser step."""
+        hp = self.hparams
+        optimizer = self.build_optimizer()
         # Counts optimiser steps, so it is right under gradient accumulation and with several devices.
         total = int(self.trainer.estimated_stepping_batches)
         warmup = math.ceil(hp["warmup_ratio"] * total)
