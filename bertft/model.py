@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 from bertft import tasks
 from bertft.encoder import (
     EncoderOutput,
+    embeddings_module,
     forward_arguments,
     load_encoder,
     no_grad_if,
@@ -76,7 +77,12 @@ class FineTuner(L.LightningModule):
         threshold: Probability above which a label is predicted (multilabel).
         trust_remote_code: Run model code that ships with a hub checkpoint. Off unless you trust its author.
         encoder_dropout: Dropout probability for every dropout in the encoder (hidden and attention); ``null`` keeps
-            the checkpoint's own (0.1 for BERT). 0 makes training deterministic given the data order.
+            the checkpoint's own (0.1 for BERT). 0 makes training deterministic given the data order, and is a speed
+            knob that changes the recipe (``configs/speed/fast.yaml``; measured effect in BENCHMARKS.md).
+        freeze_embeddings: Keep the encoder's embedding layer (token, position and segment embeddings and their layer
+            norm; the token matrix alone is 11.7 M of MiniLM's 22.7 M weights) fixed while its transformer layers
+            train. A recipe change that saves the embeddings' gradients, their AdamW update and state (3 x 47 MB for
+            MiniLM) and the first layer's input gradient (``configs/speed/fast.yaml``).
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class FineTuner(L.LightningModule):
         threshold: float = 0.5,
         trust_remote_code: bool = False,
         encoder_dropout: float | None = None,
+        freeze_embeddings: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(head, dict):  # a checkpoint saved from Python keeps the head as its config
@@ -136,6 +143,8 @@ class FineTuner(L.LightningModule):
             for module in self.encoder.modules():
                 if isinstance(module, nn.Dropout):
                     module.p = encoder_dropout
+        if freeze_embeddings:
+            set_requires_grad(embeddings_module(self.encoder), False)
         for layer in transformer_layers(self.encoder):
             layer.bertft_encoder_layer = True  # what FSDP's auto-wrap policy wraps (bertft.distributed)
         if freeze_encoder:

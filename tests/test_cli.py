@@ -67,6 +67,17 @@ def test_every_shipped_config_runs_fast_dev_run(config: Path, tmp_path: Path, ti
     )
 
 
+def test_the_fast_recipe_layers_on_a_config() -> None:
+    fast = ROOT / "configs" / "speed" / "fast.yaml"
+    cli = main(["--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(fast)], run=False)
+    encoder = cli.model.encoder
+    assert {m.p for m in encoder.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+    assert not any(p.requires_grad for p in encoder.embeddings.parameters())
+    assert all(p.requires_grad for p in encoder.encoder.parameters())
+    assert cli.model.head.dropout == 0.1  # the head keeps its own dropout
+    assert cli.datamodule.hparams["train_file"] == "bundled://sst2/train.tsv"  # the rest of the quickstart stands
+
+
 @pytest.mark.parametrize("config", HEAD_CONFIGS, ids=lambda p: p.stem)
 def test_every_head_config_parses(config: Path) -> None:
     cli = main(["--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(config)], run=False)

@@ -110,6 +110,22 @@ def test_frozen_encoder_does_not_move_and_the_head_does(tiny_bert_dir: Path) -> 
     assert not model.encoder.training  # frozen features: no dropout
 
 
+def test_frozen_embeddings_do_not_move_and_carry_no_optimiser_state(tiny_bert_dir: Path) -> None:
+    model = FineTuner(str(tiny_bert_dir), freeze_embeddings=True, lr=1e-2)
+    words = model.encoder.get_input_embeddings().weight
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    trainer = fit(model, make_batches(tiny_bert_dir, *read_sst2("train", 32)), steps=4)
+    after = model.encoder.state_dict()
+    assert torch.equal(words, before["embeddings.word_embeddings.weight"])
+    assert words.grad is None
+    for key, value in after.items():
+        moved = not torch.equal(value, before[key])
+        assert moved != key.startswith("embeddings."), f"{key} {'moved' if moved else 'did not train'}"
+    optimizer = trainer.optimizers[0]
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert all(id(p) not in trained and p not in optimizer.state for p in model.encoder.embeddings.parameters())
+
+
 class FirstLastMean(Head):
     """A head written outside the package, as a researcher would: the mean of the first and last layers."""
 
