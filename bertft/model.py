@@ -117,6 +117,8 @@ class FineTuner(L.LightningModule):
         num_outputs = tasks.check_task(task, num_labels, label_names)
         if not 0.0 <= warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio={warmup_ratio} must be in [0, 1)")
+        if encoder_dropout is not None and not 0.0 <= encoder_dropout < 1.0:
+            raise ValueError(f"encoder_dropout={encoder_dropout} must be in [0, 1), or null for the checkpoint's own")
 
         self.save_hyperparameters(ignore=["head"])
         self.hparams["head"] = head.config

@@ -126,6 +126,12 @@ def test_frozen_embeddings_do_not_move_and_carry_no_optimiser_state(tiny_bert_di
     assert all(id(p) not in trained and p not in optimizer.state for p in model.encoder.embeddings.parameters())
 
 
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+def test_an_impossible_encoder_dropout_is_refused_by_name(tiny_bert_dir: Path, p: float) -> None:
+    with pytest.raises(ValueError, match=r"encoder_dropout=.* must be in \[0, 1\)"):
+        FineTuner(str(tiny_bert_dir), encoder_dropout=p)
+
+
 class FirstLastMean(Head):
     """A head written outside the package, as a researcher would: the mean of the first and last layers."""
 
