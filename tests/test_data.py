@@ -65,7 +65,26 @@ def test_num_labels_right_after_init_reads_only_labels(sst2: dict[str, str], tmp
     dm = make(sst2)
     assert dm.num_labels == 2
     assert dm.label_names == ["0", "1"]
-    assert not (tmp_path / "cache").exists()  # nothing tokenised yet
+    assert not (tmp_path / "cache" / "splits").exists()  # nothing tokenised yet
+
+
+def test_a_second_run_learns_the_classes_without_reading_the_training_file(
+    sst2: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert make(sst2).label_names == ["0", "1"]
+    reads: list[str] = []
+    real_read = TextDataModule._read
+    monkeypatch.setattr(
+        TextDataModule, "_read", lambda self, path, data=None: reads.append(path) or real_read(self, path, data)
+    )
+    assert make(sst2).label_names == ["0", "1"]
+    assert reads == []
+    # New contents under the same path are read again and get their own classes, still checked against label_names.
+    rows = [(text, {"0": "neg", "1": "pos"}[label]) for text, label in sst2_rows("train", 50)]
+    assert make({"train_file": write_tsv(Path(sst2["train_file"]), rows)}).label_names == ["neg", "pos"]
+    assert reads == [sst2["train_file"]]
+    with pytest.raises(DataError, match=r"labels \['neg', 'pos'\] that are not in `label_names`"):
+        make({"train_file": sst2["train_file"]}, label_names=["0", "1"]).label_names  # noqa: B018
 
 
 def test_bundled_paths_resolve_to_the_package() -> None:

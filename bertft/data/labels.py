@@ -113,19 +113,22 @@ def check_given(given: Sequence[str], observed: Sequence[str], path: str) -> Non
         )
 
 
-def training_vocabulary(
-    table: Table, column: str, task: Task, delimiter: str | None, given: Sequence[str] | None
-) -> list[str]:
-    """The class vocabulary for a training file: ``given`` (checked against the file) or the file's sorted classes.
+def training_vocabulary(observed: Sequence[str], path: str, task: Task, given: Sequence[str] | None) -> list[str]:
+    """The class vocabulary for a training file: ``given`` (checked against the file's classes) or ``observed``.
+
+    Args:
+        observed: The file's own sorted classes (:func:`vocabulary` of its parsed labels).
+        path: The file, for messages.
+        task: The task.
+        given: Hand-written ``label_names``, or ``None``.
 
     Warns, without failing, when every training example has the same class.
     """
-    observed = vocabulary(parse_labels(table, column, task, delimiter), task)
     if task == "classification" and len(observed) < 2:
-        rank_zero_warn(f"every training example in {table.path} has the label {observed}: the model can learn nothing.")
+        rank_zero_warn(f"every training example in {path} has the label {list(observed)}: the model can learn nothing.")
     if given is None:
-        return observed
-    check_given(given, observed, table.path)
+        return list(observed)
+    check_given(given, observed, path)
     return list(given)
 
 

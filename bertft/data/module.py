@@ -26,7 +26,7 @@ from bertft.data.encode import (
     tokenizer_fingerprint,
 )
 from bertft.data.files import DataError, ReadOptions, Table, read_bytes, read_table
-from bertft.data.labels import TASKS, Task, check_known, training_vocabulary
+from bertft.data.labels import TASKS, Task, check_known, parse_labels, training_vocabulary, vocabulary
 from bertft.data.sampler import LengthGroupedBatchSampler, LengthSortedSampler, ResumableDataLoader, check_sharding
 
 Split = Literal["train", "val", "test", "predict"]
@@ -171,9 +171,21 @@ class TextDataModule(L.LightningDataModule):
         return self._label_names
 
     def _vocabulary(self, train: str) -> list[str]:
-        """The training file's label vocabulary (checked against a hand-written ``label_names``)."""
-        table = self._read(train)
-        return training_vocabulary(table, self.label_column, self.task, self.label_delimiter, self._label_names)
+        """The training file's label vocabulary (checked against a hand-written ``label_names``).
+
+        The file's own classes are cached, keyed by its contents and how it is read, so that a run whose tokenised
+        splits are cached does not read and parse the whole training file again only to learn them.
+        """
+        data = read_bytes(train)
+        how = {"column": self.label_column, "task": self.task, "delimiter": self.label_delimiter}
+        key = cache_key({"file": sha256_bytes(data), "read": asdict(self.read_options), "labels": how})
+
+        def observed() -> list[str]:
+            table = self._read(train, data)
+            return vocabulary(parse_labels(table, self.label_column, self.task, self.label_delimiter), self.task)
+
+        classes = self.cache.get_or_build_json("label-classes", key, observed)
+        return training_vocabulary(classes, train, self.task, self._label_names)
 
     @property
     def num_labels(self) -> int:
