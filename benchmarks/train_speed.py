@@ -20,7 +20,7 @@ between the ends of consecutive optimiser steps, so it includes fetching and col
 progress bars and logging: what a user waits for. "Data wait" is the part of that interval between the end of one
 step and the start of the next forward pass (fetch + collate + loop bookkeeping).
 
-    python benchmarks/train_speed.py                       # ~15 min on 2 quiet cores; writes BENCHMARKS.md + plot
+    python benchmarks/train_speed.py                       # ~25 min on 2 quiet cores; writes BENCHMARKS.md + plot
     python benchmarks/train_speed.py --steps 10 --rounds 1 --long-steps 2 --no-write   # a quick smoke run
     python benchmarks/train_speed.py --accuracy            # also SST-2 dev accuracy after --accuracy-steps steps
 """
@@ -809,7 +809,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "fast recipe), "
         f"{args.threads} threads, CPU only.",
         "",
-        "Reproduce (about 15 minutes on 2 quiet cores; `--accuracy` adds an accuracy pass):",
+        "Reproduce (about 25 minutes on 2 quiet cores; `--accuracy` adds about 2.5 minutes per accuracy variant):",
         "",
         "```bash",
         "python benchmarks/train_speed.py"
