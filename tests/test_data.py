@@ -65,13 +65,19 @@ def test_num_labels_right_after_init_reads_only_labels(sst2: dict[str, str], tmp
     dm = make(sst2)
     assert dm.num_labels == 2
     assert dm.label_names == ["0", "1"]
-    assert not (tmp_path / "cache" / "splits").exists()  # nothing tokenised yet
+    assert not (tmp_path / "cache").exists()  # nothing tokenised or cached yet
 
 
 def test_a_second_run_learns_the_classes_without_reading_the_training_file(
     sst2: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert make(sst2).label_names == ["0", "1"]
+    first = make(sst2)
+    assert first.label_names == ["0", "1"]
+    first.setup("fit")  # the classes are cached with the tokenised splits
+    python_api = make(sst2, cache_dir=str(tmp_path / "other"))
+    python_api.setup("fit")  # splits first, classes after (Python users): cached as soon as they are learnt
+    assert python_api.label_names == ["0", "1"]
+    assert list((tmp_path / "other" / "values").glob("label-classes-*.json"))
     reads: list[str] = []
     real_read = TextDataModule._read
     monkeypatch.setattr(

@@ -98,29 +98,32 @@ class SplitCache:
             self.save(name, key, dataset, meta)
         return dataset, meta, "built"
 
-    def get_or_build_json(self, name: str, key: str, build: Callable[[], Any]) -> Any:
-        """A small JSON value cached under ``name`` and ``key`` (``build()``'s result, saved, when absent or corrupt).
+    def _value_path(self, name: str, key: str) -> Path:
+        return self.root / "values" / f"{name}-{key[:24]}.json"
+
+    def load_json(self, name: str, key: str) -> Any | None:
+        """A small JSON value stored by :meth:`save_json`, or ``None`` when absent or unreadable.
 
         For facts about a file that otherwise cost a full read to learn, such as a training file's label classes.
         """
-        path = self.root / "values" / f"{name}-{key[:24]}.json"
         try:
-            stored = json.loads(path.read_text())
-            if stored["key"] == key:
-                return stored["value"]
+            stored = json.loads(self._value_path(name, key).read_text())
+            return stored["value"] if stored["key"] == key else None
         except (OSError, ValueError, KeyError, TypeError):
-            pass  # absent or unreadable: build it
-        value = build()
+            return None
+
+    def save_json(self, name: str, key: str, value: Any) -> None:
+        """Stores ``value`` atomically (a killed run leaves nothing half-written under the real name)."""
+        path = self._value_path(name, key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
             with os.fdopen(fd, "w") as f:
                 json.dump({"key": key, "value": value}, f)
             os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache shared by a team must stay readable
-            os.replace(tmp, path)  # atomic: a killed run leaves no half-written value under the real name
+            os.replace(tmp, path)
         except OSError as err:  # a read-only cache still works, it only cannot remember
             log.warning("Could not cache %s in %s (%s).", name, path.parent, err)
-        return value
 
     def save(self, name: str, key: str, dataset: Dataset, meta: dict[str, Any]) -> Path:
         """Writes a split atomically: into a temporary folder next to the entry, then renamed into place."""

@@ -142,6 +142,7 @@ class TextDataModule(L.LightningDataModule):
         self._units: dict[Split, str] = {}  # what error messages count in each split's file: "line" or "row"
         #: What happened to each split's cache in this process: ``"built"`` or ``"loaded"`` (tests and logs read it).
         self.cache_events: dict[Split, str] = {}
+        self._unsaved_classes: tuple[str, list[str]] | None = None  # (key, classes) learnt but not yet cached
         #: Per split: how many examples were truncated to ``max_length`` and how many empty rows were skipped.
         self.truncated: dict[Split, int] = {}
         self.skipped: dict[Split, int] = {}
@@ -184,7 +185,14 @@ class TextDataModule(L.LightningDataModule):
             table = self._read(train, data)
             return vocabulary(parse_labels(table, self.label_column, self.task, self.label_delimiter), self.task)
 
-        classes = self.cache.get_or_build_json("label-classes", key, observed)
+        classes = self.cache.load_json("label-classes", key)
+        if classes is None:
+            classes = observed()
+            # Stored with the tokenised splits (at once if they are in use already), so that a run its checks
+            # refuse leaves no cache folder behind.
+            self._unsaved_classes = key, classes
+            if self.cache_events:
+                self._save_classes()
         return training_vocabulary(classes, train, self.task, self._label_names)
 
     @property
@@ -270,6 +278,7 @@ class TextDataModule(L.LightningDataModule):
         dataset, meta, self.cache_events[split] = self.cache.get_or_build(
             split, key, lambda: self._encode(self._read(path, data), settings)
         )
+        self._save_classes()
         if split not in self.truncated:  # report once per split and process
             self.truncated[split], self.skipped[split] = meta["truncated"], meta["skipped"]
             self._units[split] = meta["unit"]
@@ -278,6 +287,11 @@ class TextDataModule(L.LightningDataModule):
                 f"tokens, {meta['skipped']} empty texts skipped; cache {self.cache_events[split]}"
             )
         return dataset
+
+    def _save_classes(self) -> None:
+        if self._unsaved_classes is not None:
+            self.cache.save_json("label-classes", *self._unsaved_classes)
+            self._unsaved_classes = None
 
     def _encode_settings(self, split: Split) -> Any:
         """A frozen dataclass of everything besides the file and tokenizer that decides the split's encoding."""
