@@ -180,14 +180,10 @@ class TextDataModule(L.LightningDataModule):
         data = read_bytes(train)
         how = {"column": self.label_column, "task": self.task, "delimiter": self.label_delimiter}
         key = cache_key({"file": sha256_bytes(data), "read": asdict(self.read_options), "labels": how})
-
-        def observed() -> list[str]:
-            table = self._read(train, data)
-            return vocabulary(parse_labels(table, self.label_column, self.task, self.label_delimiter), self.task)
-
         classes = self.cache.load_json("label-classes", key)
         if classes is None:
-            classes = observed()
+            labels = parse_labels(self._read(train, data), self.label_column, self.task, self.label_delimiter)
+            classes = vocabulary(labels, self.task)
             # Stored with the tokenised splits (at once if they are in use already), so that a run its checks
             # refuse leaves no cache folder behind.
             self._unsaved_classes = key, classes
