@@ -29,10 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from stepped_ab import quickstart_steps  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-from bertft import tasks  # noqa: E402
-from bertft.cli import main as cli_main  # noqa: E402
 
 # Profiler op name -> the row it counts in; everything else is "rest".
 KINDS = {
@@ -65,21 +63,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    cli = cli_main(["--config", "configs/quickstart.yaml", "--data.val_file=null", "--data.test_file=null",
-                    "--trainer.logger=false", "--seed_everything=0"], run=False)  # fmt: skip
-    cli.datamodule.setup("fit")
-    loader = iter(cli.datamodule.train_dataloader())
-    batches = [next(loader) for _ in range(args.steps)]
-    model = cli.model.train()
-    optimizer = model.build_optimizer()
-
-    def step(batch: dict) -> None:
-        tasks.loss(model.task, model(batch), batch["labels"]).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for batch in batches:  # warm-up: every shape, and the optimiser's state
-        step(batch)
+    batches, step, model = quickstart_steps(["--trainer.logger=false"], "sst2", args.steps)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for batch in batches:
             step(batch)

@@ -18,14 +18,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def serve(overrides: list[str], data: str, steps: int) -> None:
-    """The child: build, warm up, then run one step per line read from stdin and answer with its time and faults."""
+def quickstart_steps(
+    overrides: list[str], data: str, steps: int
+) -> tuple[list[dict], Callable[[dict], None], torch.nn.Module]:
+    """``steps`` of the quickstart's batches, a one-step function and the model (the quickstart plus ``overrides``).
+
+    ``data``: ``sst2`` or a path from :func:`data_file`. Each batch has been stepped on once: every shape is seen and
+    the optimiser's state exists.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "disabled")
     from bertft import tasks
@@ -50,6 +60,12 @@ def serve(overrides: list[str], data: str, steps: int) -> None:
 
     for batch in batches:
         step(batch)
+    return batches, step, model
+
+
+def serve(overrides: list[str], data: str, steps: int) -> None:
+    """The child: build, warm up, then run one step per line read from stdin and answer with its time and faults."""
+    batches, step, _ = quickstart_steps(overrides, data, steps)
     print("ready", flush=True)
     for line in sys.stdin:
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
