@@ -13,7 +13,7 @@ If the matmuls already run at the large matmul's rate, no kernel can make them f
 model on the same batches can only win on the rest of the step. The last lines say how much the rest would have to
 shrink for a given speed-up over a framework with the same matmul time.
 
-    python benchmarks/step_budget.py                  # about 2 minutes on 2 CPU cores
+    python benchmarks/step_budget.py                  # about 1 minute on 2 CPU cores
     python benchmarks/step_budget.py --steps 20 --target 1.15
 """
 
