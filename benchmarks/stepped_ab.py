@@ -1,12 +1,12 @@
 """A/B harness: training processes on the same batches, stepped alternately, one optimiser step at a time.
 
 ``allocator.py`` and ``recipe.py`` use it to measure one change to a training step at a time (``step_budget.py``
-builds its steps with :func:`quickstart_steps`). Every process builds
-the quickstart's model (``configs/quickstart.yaml`` plus its own overrides, ``FineTuner.build_optimizer``) from the
-same seed, reads the same batches (SST-2, or the long texts of ``train_speed.py`` at 256 tokens) and warms up on each
-of them (first-seen shapes are slow on CPU; the optimiser allocates its state). The parent then hands out one step at
-a time, alternating which process goes first, so this shared host's speed drift hits all of them alike, and reports
-each one's total time, speed against the first and minor page faults per step.
+builds its steps with :func:`quickstart_steps`). Every process builds the quickstart's model
+(``configs/quickstart.yaml`` plus its own overrides, ``FineTuner.build_optimizer``) from the same seed, reads the
+same batches (SST-2, or the long texts of ``train_speed.py`` at 256 tokens) and warms up on each of them (first-seen
+shapes are slow on CPU; the optimiser allocates its state). The parent then hands out one step at a time,
+alternating which process goes first, so this shared host's speed drift hits all of them alike, and reports each
+one's total time, speed against the first and minor page faults per step.
 """
 
 from __future__ import annotations
