@@ -13,7 +13,7 @@ If the matmuls already run at the large matmul's rate, no kernel can make them f
 model on the same batches can only win on the rest of the step. The last lines say how much the rest would have to
 shrink for a given speed-up over a framework with the same matmul time.
 
-    python benchmarks/step_budget.py                  # about 1 minute on 2 CPU cores
+    python benchmarks/step_budget.py                  # about 1.5 minutes on 2 CPU cores
     python benchmarks/step_budget.py --steps 20 --target 1.15
 """
 
@@ -23,7 +23,8 @@ import argparse
 import os
 import statistics
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -31,6 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from stepped_ab import quickstart_steps  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from train_speed import matmul_flops  # noqa: E402
 
 # Profiler op name -> the row it counts in; everything else is "rest".
 KINDS = {
@@ -43,7 +45,7 @@ KINDS = {
 }
 
 
-def timed(fn: object, repeats: int) -> float:
+def timed(fn: Callable[[], object], repeats: int) -> float:
     """Median seconds of ``repeats`` calls after one untimed call."""
     fn()
     times = []
@@ -77,22 +79,22 @@ def main() -> None:
     print(f"  {'mean step':52s} {total / 1e3 / args.steps:5.0f} ms")
 
     # Every linear layer's three matmuls, at the shapes the steps ran them, against the peak, interleaved.
-    calls: list[list[tuple[int, int, int]]] = [[] for _ in batches]  # per step: (rows, in, out) of each call
-    current: list[tuple[int, int, int]] = []
-    hooks = [m.register_forward_hook(lambda m, args, out: current.append((args[0].numel() // m.in_features,
-                                                                         m.in_features, m.out_features)))
-             for m in model.modules() if isinstance(m, torch.nn.Linear)]  # fmt: skip
-    for i, batch in enumerate(batches):
-        current = calls[i]
+    calls: list[list[tuple[int, int, int]]] = []  # per step: (rows, in, out) of each linear layer's call
+
+    def record(m: torch.nn.Linear, args: tuple, out: torch.Tensor) -> None:
+        calls[-1].append((args[0].numel() // m.in_features, m.in_features, m.out_features))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for batch in batches:
+        calls.append([])
         step(batch)
     for hook in hooks:
         hook.remove()
     n = args.peak_size
-    a, b = torch.randn(n, n), torch.randn(n, n)
     flops, seconds, peaks = 0.0, 0.0, []
     for shapes in calls:
-        peaks.append(2 * n**3 / timed(lambda: a @ b, 2) / 1e9)
-        for (rows, d_in, d_out), count in sorted({s: shapes.count(s) for s in shapes}.items()):
+        peaks.append(max(matmul_flops(n)) / 1e9)  # train_speed.py's peak: best of 4
+        for (rows, d_in, d_out), count in sorted(Counter(shapes).items()):
             x, w, dy = torch.randn(rows, d_in), torch.randn(d_in, d_out), torch.randn(rows, d_out)
             for left, right in ((x, w), (dy, w.t().contiguous()), (dy.t().contiguous(), x)):  # fwd, dX, dW
                 seconds += count * timed(lambda left=left, right=right: left @ right, 3)
