@@ -8,7 +8,7 @@ from datasets import Dataset
 
 from bertft.data.conll import TAGS, TOKENS, read_token_file
 from bertft.data.files import DataError, Table
-from bertft.data.labels import check_given
+from bertft.data.labels import training_vocabulary
 from bertft.data.module import Split, TextDataModule
 from bertft.data.tokens import LabelSubtokens, TokenCollator, TokenEncodeSettings, encode_sentences
 
@@ -108,10 +108,7 @@ class TokenDataModule(TextDataModule):
         if untagged:
             raise DataError(f"{table.where(untagged[0])}: a training sentence without tags; write `token TAG` lines.")
         observed = sorted({tag for sentence in tags for tag in sentence})
-        if self._label_names is None:
-            return observed
-        check_given(self._label_names, observed, table.path)
-        return list(self._label_names)
+        return training_vocabulary(observed, table.path, self.task, self._label_names)
 
     def _encode_settings(self, split: Split) -> TokenEncodeSettings:
         return TokenEncodeSettings(labelled=split != "predict", max_length=self.max_length, stride=self.stride)
