@@ -12,7 +12,7 @@ import torch
 
 from bertft import FineTuner, tasks
 from bertft.cli import main
-from bertft.data import DataError, TokenCollator, load_tokenizer, read_token_file
+from bertft.data import DataError, TokenCollator, TokenDataModule, load_tokenizer, read_token_file
 from bertft.data.conll import TAGS, TOKENS
 from bertft.data.files import Table
 from bertft.data.tokens import FIRST, WORD_IDS, WORD_INDEX, TokenEncodeSettings, encode_sentences, owners, windows
@@ -70,6 +70,16 @@ def test_reader_formats_and_errors(tmp_path: Path) -> None:
     jsonl.write_text(json.dumps({"tokens": ["EU", "rejects"], "tags": ["B-ORG"]}) + "\n")
     with pytest.raises(DataError, match="one tag per token"):
         read_token_file(str(jsonl))
+
+
+def test_tag_vocabulary_from_the_training_file_or_label_names(tmp_path: Path) -> None:
+    train = tmp_path / "train.txt"
+    train.write_text("EU B-ORG\nrejects O\n\nPeter B-PER\n")
+    assert TokenDataModule(train_file=str(train)).label_names == ["B-ORG", "B-PER", "O"]
+    given = ["O", "B-PER", "B-ORG", "I-ORG"]  # any order, and tags the file lacks, are allowed
+    assert TokenDataModule(train_file=str(train), label_names=given).label_names == given
+    with pytest.raises(DataError, match=rf"{train} has labels \['B-PER'\] that are not in `label_names`"):
+        TokenDataModule(train_file=str(train), label_names=["O", "B-ORG"]).label_names  # noqa: B018
 
 
 def subset(table: Table, rows: list[int]) -> Table:
