@@ -267,23 +267,31 @@ class ConfigToLoggers(SaveConfigCallback):
         pl_module._log_hyperparams = False
         if trainer.datamodule is not None:
             trainer.datamodule._log_hyperparams = False
-        if not self.already_saved and self.save_to_log_dir and self.overwrite and not self.multifile:
-            log_dir = trainer.log_dir  # broadcasts the folder: every rank must ask
-            if log_dir is not None and "://" not in log_dir:
-                # Lightning writes config.yaml in place; a kill mid-write would leave a truncated experiment record.
-                if trainer.is_global_zero:
-                    text = self.parser.dump(self.config, skip_none=False)
-                    atomic_write_text(Path(log_dir) / self.config_filename, text)
-                self.save_to_log_dir = False  # written: Lightning's setup only logs it now
+        if self.already_saved:  # the same on every rank (Lightning broadcasts it): no collective below on any
+            return
+        # `trainer.log_dir` broadcasts rank 0's folder, so every rank asks for it here, in the same order. It must not
+        # be asked in `save_config`, which Lightning calls on rank 0 alone: that extra broadcast would pair with the
+        # other ranks' next collective (the checkpoint callback's setup) and hang the run.
+        self._log_dir = trainer.log_dir
+        local = self._log_dir is not None and "://" not in self._log_dir
+        if self.save_to_log_dir and self.overwrite and not self.multifile and local:
+            # Lightning writes config.yaml in place; a kill mid-write would leave a truncated experiment record.
+            if trainer.is_global_zero:
+                text = self.parser.dump(self.config, skip_none=False)
+                atomic_write_text(Path(self._log_dir) / self.config_filename, text)
+            self.save_to_log_dir = False  # written: Lightning's setup only logs it now
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Logs ``config`` (as saved) and ``run_info`` to every logger; attaches ``config.yaml`` to a W&B run."""
+        """Logs ``config`` (as saved) and ``run_info`` to every logger; attaches ``config.yaml`` to a W&B run.
+
+        Runs on rank 0 only (Lightning's contract): nothing here may call a collective, ``trainer.log_dir`` included.
+        """
         if not trainer.loggers:
             return
         raw = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         config = redact(raw)
-        saved = Path(trainer.log_dir or ".") / self.config_filename
+        saved = Path(getattr(self, "_log_dir", None) or ".") / self.config_filename  # never trainer.log_dir here
         # The saved file as is (it reruns with --config), unless a secret had to be taken out of it.
         text = saved.read_text(encoding="utf-8") if saved.is_file() and config == raw else yaml.safe_dump(config)
         params = {**config, "run_info": run_info()}

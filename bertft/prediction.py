@@ -73,6 +73,7 @@ class PredictionWriter(BasePredictionWriter):
             dist.all_gather_object(gathered, parts)
             parts = [p for rank_parts in gathered for p in rank_parts]
         self._parts = []
+        path = self._path(trainer)  # every rank: `trainer.log_dir` broadcasts, and rank 0 alone would hang the others
         if not trainer.is_global_zero:
             return
         merged = merge_outputs(parts)
@@ -83,10 +84,10 @@ class PredictionWriter(BasePredictionWriter):
             if inputs is None:
                 raise ValueError("token predictions need the data module's words (`raw_split`) to be written")
             frame = token_prediction_frame(merged, list(pl_module.label_names), inputs["tokens"].tolist())
-            if self._path(trainer).suffix.lower() != ".jsonl":
+            if path.suffix.lower() != ".jsonl":
                 frame = frame.map(lambda cell: json.dumps(cell, ensure_ascii=False))
-            write_atomically(frame, self._path(trainer))
-            rank_zero_info(f"Wrote {len(frame)} tagged sentences to {self._path(trainer)}")
+            write_atomically(frame, path)
+            rank_zero_info(f"Wrote {len(frame)} tagged sentences to {path}")
             return
         frame = prediction_frame(
             merged,
@@ -95,10 +96,10 @@ class PredictionWriter(BasePredictionWriter):
             threshold=float(getattr(pl_module, "threshold", 0.5)),
             inputs=inputs[text_columns] if inputs is not None else None,
             label_delimiter=getattr(datamodule, "label_delimiter", None),
-            jsonl=self._path(trainer).suffix.lower() == ".jsonl",
+            jsonl=path.suffix.lower() == ".jsonl",
         )
-        write_atomically(frame, self._path(trainer))
-        rank_zero_info(f"Wrote {len(frame)} predictions to {self._path(trainer)}")
+        write_atomically(frame, path)
+        rank_zero_info(f"Wrote {len(frame)} predictions to {path}")
 
     def _path(self, trainer: L.Trainer) -> Path:
         if self.output_file is not None:
