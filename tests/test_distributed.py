@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,29 +19,21 @@ import torch
 from bertft import FineTuner
 from bertft.distributed import wrap_encoder_layers
 
+from .ddp import assert_same_collectives, free_port, last_collectives, launch, read_collectives
 from .test_cli import ROOT, sst2_rows, write_tsv
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def results(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("rank*.json"))]
 
 
-def run(args: list[str], env: dict[str, str] | None = None, timeout: int = 600) -> list[dict]:
+def run(args: list[str], devices: int = 2, timeout: int = 600) -> list[dict]:
+    """The CLI through ``ddp_worker.py`` (each rank reports its weights' digest and metrics), held to ``launch``'s
+    rules: no hang, the same collectives on every rank."""
     folder = Path(tempfile.mkdtemp(prefix="ddp-results-"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "BERTFT_RESULT_DIR": str(folder), **(env or {})}
-    env.pop("LOCAL_RANK", None)
-    result = subprocess.run(
-        [sys.executable, str(WORKER), *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    launch(args, world_size=devices, timeout=timeout, env={"BERTFT_RESULT_DIR": str(folder)}, script=WORKER)
     return results(folder)
 
 
@@ -78,8 +69,7 @@ def fit_args(files: dict[str, Path], out: Path, batch_size: int, devices: int) -
         "--trainer.accelerator=cpu",
         f"--trainer.devices={devices}",
         f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
-        "--trainer.logger=false",
-        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_progress_bar=false",  # the default logger stays on: DDP once hung only with one
         f"--trainer.default_root_dir={out}",
     ]  # fmt: skip
 
@@ -88,8 +78,8 @@ def fit_args(files: dict[str, Path], out: Path, batch_size: int, devices: int) -
 def single_and_ddp(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The same fit on the real MiniLM and real rows: 1 process x batch 16, and 2 DDP processes x batch 8."""
     out = tmp_path_factory.mktemp("ddp_runs")
-    single = run(fit_args(files, out / "single", 16, devices=1))
-    ddp = run(fit_args(files, out / "ddp", 8, devices=2), env={"MASTER_PORT": str(free_port())})
+    single = run(fit_args(files, out / "single", 16, devices=1), devices=1)
+    ddp = run(fit_args(files, out / "ddp", 8, devices=2))
     return {"out": out, "single": single, "ddp": ddp}
 
 
@@ -129,10 +119,10 @@ def test_ddp_predict_equals_single_process_row_for_row(files: dict[str, Path], s
                 "predict", "--config", str(ROOT / "configs" / "debug.yaml"), f"--ckpt_path={ckpt}",
                 f"--data.train_file={files['train']}", f"--data.predict_file={files['predict']}",
                 "--data.batch_size=8", "--trainer.accelerator=cpu", f"--trainer.devices={devices}",
-                f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}", "--trainer.logger=false",
+                f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
                 f"--trainer.default_root_dir={out / 'predict'}", f"--prediction.output_file={target}",
             ],
-            env={"MASTER_PORT": str(free_port())},
+            devices=devices,
         )  # fmt: skip
         with open(target, encoding="utf-8") as f:
             tables[devices] = list(csv.DictReader(f))
@@ -146,7 +136,7 @@ def test_ddp_predict_equals_single_process_row_for_row(files: dict[str, Path], s
 @pytest.mark.slow
 def test_two_nodes_on_one_machine_with_bf16(files: dict[str, Path], tiny_bert_dir: Path, tmp_path: Path) -> None:
     """num_nodes=2, one process each, started by hand with Lightning's environment variables (as SLURM or a
-    scheduler would); bf16-mixed on CPU. Both finish, agree on the weights, and exit 0."""
+    scheduler would); bf16-mixed on CPU; the default logger on. Both finish, agree on the weights, and exit 0."""
     port = str(free_port())
     args = [
         *fit_args(files, tmp_path, 8, devices=1),
@@ -155,8 +145,10 @@ def test_two_nodes_on_one_machine_with_bf16(files: dict[str, Path], tiny_bert_di
         "--trainer.strategy=ddp",
         "--trainer.precision=bf16-mixed",
     ]
+    trace = tmp_path / "trace"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": port, "WORLD_SIZE": "2", "LOCAL_RANK": "0", "BERTFT_RESULT_DIR": str(tmp_path)}  # fmt: skip
+           "MASTER_PORT": port, "WORLD_SIZE": "2", "LOCAL_RANK": "0", "BERTFT_RESULT_DIR": str(tmp_path),
+           "BERTFT_TRACE_COLLECTIVES": str(trace)}  # fmt: skip
     procs = [
         subprocess.Popen(
             [sys.executable, str(WORKER), *args],
@@ -167,13 +159,21 @@ def test_two_nodes_on_one_machine_with_bf16(files: dict[str, Path], tiny_bert_di
         )  # fmt: skip
         for node in (0, 1)
     ]
-    outputs = [p.communicate(timeout=600) for p in procs]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"two nodes: no end after 300 s\n{last_collectives(trace)}")
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-4000:]
         assert "terminate called" not in err
+    assert_same_collectives(read_collectives(trace), world_size=2)
     reports = results(tmp_path)
     assert sorted(r["rank"] for r in reports) == [0, 1]
     assert reports[0]["sha256"] == reports[1]["sha256"]
+    writers = {p.name.split(".")[-2] for p in tmp_path.rglob("events.out.tfevents*")}  # ...<host>.<pid>.<n>
+    assert len(writers) == 1  # rank 0 alone writes the logger's files
 
 
 def test_fsdp_config_parses_and_wraps_each_encoder_layer(tiny_bert_dir: Path) -> None:
@@ -205,6 +205,6 @@ def test_fsdp_and_bf16_fit_on_gpu(files: dict[str, Path], tmp_path: Path) -> Non
             *fit_args(files, tmp_path, 8, devices=1), "--config", str(ROOT / "configs" / "trainer" / "fsdp.yaml"),
             "--trainer.accelerator=gpu", f"--trainer.devices={devices}",
         ],
-        env={"MASTER_PORT": str(free_port())},
+        devices=devices,
     )  # fmt: skip
     assert list(tmp_path.rglob("last.ckpt"))
