@@ -27,7 +27,7 @@ from bertft.checks import (
     read_checkpoint_safely,
 )
 from bertft.data import TextDataModule
-from bertft.distributed import TRACE_ENV, destroy_process_group, dump_stacks_on_sigusr1, trace_collectives
+from bertft.distributed import TRACE_ENV, destroy_process_group, dump_stacks_on_sigusr2, trace_collectives
 from bertft.faults import (
     AtomicCheckpointIO,
     NonFiniteLossStop,
@@ -240,7 +240,7 @@ def main(args: ArgsType = None, run: bool = True) -> BertftCLI | None:
     # Forked DataLoader workers warn (or hang) when the fast tokenizer's thread pool was used before the fork.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     reuse_freed_memory()  # large activation buffers are kept for the next step, not re-mapped (bertft.allocator)
-    dump_stacks_on_sigusr1()  # a run that seems stuck: `kill -USR1 <pid>` of each rank shows where it waits
+    dump_stacks_on_sigusr2()  # a run that seems stuck: `kill -USR2 <pid>` of each rank shows where it waits
     if os.environ.get(TRACE_ENV):
         trace_collectives(os.environ[TRACE_ENV])
     try:

@@ -1,7 +1,7 @@
 """What multi-device training needs beyond Lightning's own engine.
 
 FSDP's wrapping policy, a clean exit, and what finds the cause of a stuck run: a per-rank record of every collective
-(:func:`trace_collectives`) and stack dumps on demand (:func:`dump_stacks_on_sigusr1`).
+(:func:`trace_collectives`) and stack dumps on demand (:func:`dump_stacks_on_sigusr2`).
 """
 
 from __future__ import annotations
@@ -71,14 +71,14 @@ def destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-def dump_stacks_on_sigusr1() -> None:
-    """``kill -USR1 <pid>`` prints every thread's Python stack of that process to its stderr, and it goes on running.
+def dump_stacks_on_sigusr2() -> None:
+    """``kill -USR2 <pid>`` prints every thread's Python stack of that process to its stderr, and it goes on running.
 
     A DDP run that seems stuck is almost always one rank waiting in a collective that another rank never reaches;
-    the stack of each rank shows which.
+    the stack of each rank shows which. Not SIGUSR1: Lightning uses it to requeue SLURM jobs.
     """
-    if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
-        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    if hasattr(signal, "SIGUSR2") and threading.current_thread() is threading.main_thread():
+        faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
 
 
 def trace_collectives(folder: str | os.PathLike[str]) -> None:

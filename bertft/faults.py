@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import lightning as L
@@ -104,6 +107,12 @@ class ResumeCheckpoint(Checkpoint):
     ``SIGTERMException``; this callback first writes ``last.ckpt`` at that step boundary. The CLI then exits with
     status 143 and a one-line message saying where the checkpoint is and how to resume.
 
+    Under several processes the ranks must stop at the same step, or one waits forever in a collective the others
+    never reach. Lightning's own SIGTERM handler broadcasts from inside the signal handler, at whatever point each
+    rank happens to be, and so hangs the run; during training this callback handles SIGTERM instead: the handler
+    only notes the signal (rank 0 still forwards it to the ranks it started), and after every batch the ranks agree
+    (one all-reduce of a flag) whether any of them got it. If so, all save ``last.ckpt`` together and stop there.
+
     Args:
         every_n_steps: Optimiser steps between refreshes of ``last.ckpt`` during an epoch; 0 turns the refresh off
             (``last.ckpt`` is then written only after validation, and on SIGTERM). Each write costs one checkpoint
@@ -119,6 +128,8 @@ class ResumeCheckpoint(Checkpoint):
         self._pending_rng: dict[str, Any] | None = None
         #: Where the SIGTERM checkpoint went, for the CLI's message (``None`` until one is written).
         self.sigterm_checkpoint: str | None = None
+        self._sigterm_seen = False  # several processes: this rank got SIGTERM, not yet agreed on by all
+        self._handler_installed = False
 
     def _save_last(self, trainer: L.Trainer) -> str | None:
         path = last_checkpoint_path(trainer)
@@ -143,6 +154,34 @@ class ResumeCheckpoint(Checkpoint):
         load = getattr(trainer.fit_loop, "_load_combined_loader_states", None)
         if load is not None:
             load()  # a no-op unless restarting mid-epoch with a saved position not yet loaded
+        self._handle_sigterm_in_step(trainer)
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Several processes: takes SIGTERM over from Lightning before the first collective of the run's loops."""
+        self._handle_sigterm_in_step(trainer)
+
+    def _handle_sigterm_in_step(self, trainer: L.Trainer) -> None:
+        # Lightning registers its handlers right before the sanity check and restores the previous ones at the end.
+        if (
+            trainer.world_size == 1
+            or self._handler_installed
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            return
+        self._sigterm_seen = False
+
+        def note(signum: int, frame: FrameType | None) -> None:
+            launcher = trainer.strategy.launcher
+            if not self._sigterm_seen and launcher is not None:
+                launcher.kill(signum)  # rank 0 of Lightning's launcher: the ranks it started get it too
+            self._sigterm_seen = True
+
+        signal.signal(signal.SIGTERM, note)
+        self._handler_installed = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Lightning restores the signal handlers it found; ours goes with them."""
+        self._handler_installed = False
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
         """After a resume, puts the RNG states back right before the first step, where they were saved."""
@@ -155,7 +194,11 @@ class ResumeCheckpoint(Checkpoint):
     ) -> None:
         """Writes ``last.ckpt`` every ``every_n_steps`` optimiser steps, and at once when SIGTERM has arrived."""
         step = trainer.global_step
-        if trainer.received_sigterm and trainer.world_size == 1:
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self._sigterm_seen, all=False):
+            # Some rank got SIGTERM: every rank saves, and Lightning raises SIGTERMException after this batch on all.
+            self.sigterm_checkpoint = self._save_last(trainer)
+            trainer._signal_connector.received_sigterm = True
+        elif trainer.received_sigterm and trainer.world_size == 1:
             # Lightning raises SIGTERMException right after this batch: save first, at this step boundary.
             self.sigterm_checkpoint = self._save_last(trainer)
         elif self.every_n_steps and step > 0 and step % self.every_n_steps == 0:

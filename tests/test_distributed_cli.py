@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bertft.faults import find_last_checkpoint
+
 from .ddp import launch
 from .test_cli import sst2_rows, write_tsv
 
@@ -138,7 +140,8 @@ def test_sigterm_stops_every_rank_with_one_checkpoint_then_resumes_with_wandb(
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == step >= 3
 
     launch([*args, "--trainer.max_steps", str(step + 3), "--ckpt_path", "last"])
-    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == step + 3
+    resumed = find_last_checkpoint(tmp_path)  # a W&B run keeps its checkpoints under its own (new) run id
+    assert torch.load(resumed, map_location="cpu", weights_only=True)["global_step"] == step + 3
     assert list((tmp_path / "wandb").glob("offline-run-*"))
 
 
