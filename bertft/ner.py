@@ -156,7 +156,8 @@ class EntityScore(Metric):
         def cat(state: list[Tensor] | Tensor) -> Tensor:
             return torch.cat(state) if isinstance(state, list) else state  # already concatenated after a DDP sync
 
-        if not self.rows or (isinstance(self.rows, Tensor) and self.rows.numel() == 0):
+        empty = self.rows.numel() == 0 if isinstance(self.rows, Tensor) else not self.rows  # a tensor after a DDP sync
+        if empty:
             return torch.tensor(0.0)
         rows, words = cat(self.rows), cat(self.words)
         names = self.label_names
