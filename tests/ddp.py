@@ -70,10 +70,11 @@ def launch(
     timeout: float = 240,
     env: dict[str, str] | None = None,
     script: Path | None = None,
+    command: list[str] | None = None,
     returncode: int = 0,
     while_running: Callable[[subprocess.Popen], None] | None = None,
 ) -> Run:
-    """``python -m bertft <args>`` (or ``python <script> <args>``) from the repository root, as a user types it.
+    """``python -m bertft <args>`` (or ``python <script> <args>``, or ``command + args``) from the repository root.
 
     The command runs in a session of its own so that, on a timeout, the ranks Lightning started are killed with it.
     ``while_running`` is called with the process once it started (to send it a signal, say).
@@ -82,7 +83,8 @@ def launch(
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
                 "MASTER_PORT": str(free_port()), "BERTFT_TRACE_COLLECTIVES": str(trace), **(env or {})}  # fmt: skip
     full_env.pop("LOCAL_RANK", None)
-    command = [sys.executable, str(script)] if script else [sys.executable, "-m", "bertft"]
+    if command is None:
+        command = [sys.executable, str(script)] if script else [sys.executable, "-m", "bertft"]
     proc = subprocess.Popen([*command, *args], cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + timeout

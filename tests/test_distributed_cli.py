@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 
 from bertft.faults import find_last_checkpoint
 
-from .ddp import launch
+from .ddp import free_port, launch
 from .test_cli import sst2_rows, write_tsv
 
 pytestmark = pytest.mark.slow
@@ -65,6 +66,20 @@ def test_readme_ddp_command_finishes_with_the_csv_logger(tmp_path: Path) -> None
     assert len(checkpoints) == 2, checkpoints  # the best by val/acc, and last
     assert "last.ckpt" in checkpoints
     assert "test/acc" in run.stdout
+
+
+def test_readme_torchrun_command(sst2: dict[str, Path], tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node 2 -m bertft fit ...`` as the README writes it, with the quickstart's CSV logger."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(free_port()), "-m", "bertft"]  # fmt: skip
+    run = launch(
+        ["fit", *README_DDP, "--model.encoder", str(tiny_bert_dir), *small_data(sst2), "--trainer.max_steps", "4",
+         "--trainer.val_check_interval", "2", *CPU, "--trainer.default_root_dir", str(tmp_path)],
+        command=torchrun,
+    )  # fmt: skip
+    assert "terminate called" not in run.stderr
+    assert [v.name for v in (tmp_path / "csv").iterdir()] == ["version_0"]
+    assert (tmp_path / "csv" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.fixture(scope="module")
