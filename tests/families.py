@@ -55,8 +55,8 @@ FAMILIES = [
     Family("modernbert", "modernbert", "bpe", pooler=False, token_types=False),
     Family("xlm-roberta", "xlm-roberta", "unigram", pooler=True, token_types=False),
     Family("albert", "albert", "unigram", pooler=True, token_types=True, shared_layers=True, checkpointing=False),
-    Family("deberta-v2", "deberta-v2", "unigram", pooler=False, token_types=True),
-    Family("mpnet", "mpnet", "wordpiece", pooler=True, token_types=False),
+    Family("deberta-v2", "deberta-v2", "unigram", pooler=False, token_types=False),  # type_vocab_size=0, as v3's
+    Family("mpnet", "mpnet", "wordpiece", pooler=True, token_types=False, checkpointing=False),
 ]
 BY_NAME = {f.name: f for f in FAMILIES}
 
@@ -184,9 +184,11 @@ def build_model(family: Family, tokenizer):  # noqa: ANN001, ANN201 - transforme
     if t == "distilbert":
         return tf.DistilBertModel(tf.DistilBertConfig(**ids, dim=32, n_layers=2, n_heads=4, hidden_dim=37))
     if t == "roberta":
-        return tf.RobertaModel(tf.RobertaConfig(**ids, max_position_embeddings=514, **SIZES))
+        # One segment type and positions offset past the padding id, as in the hub checkpoints.
+        return tf.RobertaModel(tf.RobertaConfig(**ids, max_position_embeddings=514, type_vocab_size=1, **SIZES))
     if t == "xlm-roberta":
-        return tf.XLMRobertaModel(tf.XLMRobertaConfig(**ids, max_position_embeddings=514, **SIZES))
+        config = tf.XLMRobertaConfig(**ids, max_position_embeddings=514, type_vocab_size=1, **SIZES)
+        return tf.XLMRobertaModel(config)
     if t == "albert":
         return tf.AlbertModel(tf.AlbertConfig(**ids, embedding_size=16, **SIZES))
     if t == "deberta-v2":
