@@ -78,11 +78,11 @@ def sentence_pairs(path: Path) -> list[tuple[str, str]]:
         return [(row[5], row[6]) for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
 
 
-# ----- the command line: fit + test on pairs, export --onnx, bertft.load ------------------------------------------
+# ----- the command line: fit + test on pairs, predict, export --onnx, bertft.load ----------------------------------
 
 
 @family_param()
-def test_cli_fit_on_pairs_then_export_and_load(
+def test_cli_fit_on_pairs_then_predict_export_and_load(
     family: Family, family_dir, stsb_files: dict[str, Path], tmp_path: Path
 ) -> None:
     encoder = family_dir(family.name)
@@ -120,6 +120,14 @@ def test_cli_fit_on_pairs_then_export_and_load(
     with torch.no_grad():
         direct = model(dict(enc))
     torch.testing.assert_close(exported, direct, atol=1e-5, rtol=1e-4)
+
+    predictions = tmp_path / "predictions.csv"
+    main(["predict", f"--config={next((tmp_path / 'run').rglob('config.yaml'))}", f"--ckpt_path={ckpt}",
+          f"--data.predict_file={stsb_files['val']}", f"--prediction.output_file={predictions}",
+          "--trainer.logger=false", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    with open(predictions, encoding="utf-8") as f:
+        predicted = [float(r["prediction"]) for r in csv.DictReader(f)][:6]  # in the file's order
+    torch.testing.assert_close(torch.tensor(predicted), direct.flatten(), atol=1e-4, rtol=1e-3)
 
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(tmp_path / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
