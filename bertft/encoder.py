@@ -26,6 +26,19 @@ PACKAGED_ENCODERS: dict[str, str] = {
 # Model types whose checkpoints carry a pooler that was never trained (RoBERTa drops next-sentence prediction).
 _UNTRAINED_POOLER_TYPES = {"roberta", "xlm-roberta", "camembert"}
 
+#: The encoder families the test suite builds and trains end to end (tests/test_encoders.py), by ``model_type``.
+TESTED_FAMILIES: dict[str, str] = {
+    "bert": "BERT",
+    "distilbert": "DistilBERT",
+    "roberta": "RoBERTa",
+    "xlm-roberta": "XLM-RoBERTa",
+    "electra": "ELECTRA",
+    "albert": "ALBERT",
+    "deberta-v2": "DeBERTa-v2/v3",
+    "mpnet": "MPNet",
+    "modernbert": "ModernBERT",
+}
+
 
 def resolve_encoder(name_or_path: str) -> str:
     """Turns a short packaged name (``"minilm"``) into its folder; any other value is returned unchanged.
@@ -93,6 +106,38 @@ def has_pooler(config: PretrainedConfig) -> bool:
     return model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
 
 
+def check_architecture(config: PretrainedConfig, name_or_path: str) -> None:
+    """Refuses a checkpoint that is not a bidirectional text encoder, before any weights are loaded.
+
+    A BERT-family encoder is one that transformers can pre-train with a masked-language-model head and that is not an
+    encoder-decoder: this takes BERT, RoBERTa, ELECTRA, ALBERT, DeBERTa and their relatives, and refuses decoder-only
+    models (GPT-2, Llama), encoder-decoders (T5, BART) and vision or speech models, whose outputs the heads cannot
+    read. Families outside :data:`TESTED_FAMILIES` are loaded with a warning.
+
+    Raises:
+        ValueError: The checkpoint is not a BERT-family text encoder; the message names the tested families.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    model_type = config.model_type
+    remote_masked_lm = "AutoModelForMaskedLM" in (getattr(config, "auto_map", None) or {})
+    encoder_only = not getattr(config, "is_encoder_decoder", False)
+    if encoder_only and (model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES or remote_masked_lm):
+        if model_type not in TESTED_FAMILIES:
+            warnings.warn(
+                f"encoder {name_or_path!r} is a {model_type!r} model, a family bertft's tests do not cover (they cover "
+                f"{', '.join(TESTED_FAMILIES.values())}); check its results with care.",
+                stacklevel=3,
+            )
+        return
+    kind = "an encoder-decoder" if not encoder_only else f"a {model_type!r} model, not a bidirectional text encoder"
+    raise ValueError(
+        f"encoder {name_or_path!r} is {kind}; bertft fine-tunes BERT-family encoders, whose every token sees the "
+        f"whole text: {', '.join(TESTED_FAMILIES.values())} (and other masked-language-model encoders). Choose a "
+        "checkpoint of one of these families."
+    )
+
+
 def load_encoder(
     name_or_path: str,
     *,
@@ -113,10 +158,12 @@ def load_encoder(
         The encoder, in training mode (``from_pretrained`` returns eval mode, which would silently turn dropout off).
 
     Raises:
-        ValueError: ``with_pooler`` on an encoder that has no pooler, or whose pooler weights are missing.
+        ValueError: Not a BERT-family encoder (:func:`check_architecture`); ``with_pooler`` on an encoder that has
+            no pooler, or whose pooler weights are missing.
     """
     path = resolve_encoder(name_or_path)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    check_architecture(config, name_or_path)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if with_attentions:
         kwargs["attn_implementation"] = "eager"
@@ -149,9 +196,17 @@ def load_encoder(
 
 
 def forward_arguments(encoder: nn.Module) -> frozenset[str]:
-    """The names of the inputs the encoder's ``forward`` accepts (DistilBERT rejects ``token_type_ids``)."""
+    """The names of the inputs the encoder's ``forward`` accepts and uses.
+
+    ``token_type_ids`` only where the encoder has an embedding per segment: DistilBERT and ModernBERT do not take
+    them, RoBERTa and XLM-RoBERTa take them but have one segment type (a 1 for a pair's second text is out of range),
+    and DeBERTa-v3 has none (``type_vocab_size=0``) and ignores them.
+    """
     params = inspect.signature(encoder.forward).parameters.values()
-    return frozenset(p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+    names = {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    if getattr(encoder.config, "type_vocab_size", 2) < 2:
+        names.discard("token_type_ids")
+    return frozenset(names)
 
 
 def run_encoder(
@@ -191,16 +246,33 @@ def run_encoder(
 
 
 def transformer_layers(encoder: nn.Module) -> nn.ModuleList:
-    """The encoder's stack of transformer layers, found by shape rather than by attribute name.
+    """The encoder's transformer layers that hold their own weights, found by shape rather than by attribute name.
 
-    BERT keeps them in ``encoder.layer``, DistilBERT in ``transformer.layer``; both are the one ``ModuleList``
-    whose length is ``config.num_hidden_layers``.
+    BERT keeps them in ``encoder.layer``, DistilBERT in ``transformer.layer``, ModernBERT in ``layers``; each is the
+    one ``ModuleList`` whose length is ``config.num_hidden_layers``. ALBERT shares weights across depth: its
+    ``num_hidden_groups`` layer groups (one, by default) are each run for ``num_hidden_layers / num_hidden_groups``
+    consecutive layers, so its "layers" here are those groups, fewer than ``num_hidden_layers``
+    (:func:`shares_layer_weights`). ``hidden_states`` still has ``num_hidden_layers + 1`` entries either way.
+
+    Raises:
+        ValueError: No such list: the encoder is not built like a BERT-family encoder.
     """
-    n = encoder.config.num_hidden_layers
-    for module in encoder.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
+    config = encoder.config
+    n = config.num_hidden_layers
+    size = getattr(config, "num_hidden_groups", n)  # ALBERT's count of distinct layer groups
+    for module in encoder.modules():  # in definition order: ALBERT's list of groups comes before each group's layers
+        if isinstance(module, nn.ModuleList) and len(module) == size:
             return module
-    raise ValueError(f"could not find {n} transformer layers in {type(encoder).__name__}")
+    raise ValueError(
+        f"could not find the {n} transformer layers of {type(encoder).__name__} ({config.model_type}): layer-wise "
+        "learning rates, freezing and FSDP wrapping need a list of them. Supported families: "
+        f"{', '.join(TESTED_FAMILIES.values())}."
+    )
+
+
+def shares_layer_weights(encoder: nn.Module) -> bool:
+    """Whether several of the encoder's layers run the same weights (ALBERT), so no layer has weights of its own."""
+    return len(transformer_layers(encoder)) < encoder.config.num_hidden_layers
 
 
 def embeddings_module(encoder: nn.Module) -> nn.Module:

@@ -113,7 +113,13 @@ def export_onnx(
     path = Path(path)
     model = model.eval()
     # Two texts of different lengths, so the traced graph sees padding and a real attention mask.
-    example = tokenizer(["an example", "a longer example sentence to trace"], padding=True, return_tensors="pt")
+    # token_type_ids asked for: pairs carry them (bertft.data.encode), so encoders that read them get the input.
+    example = tokenizer(
+        ["an example", "a longer example sentence to trace"],
+        padding=True,
+        return_token_type_ids=True,
+        return_tensors="pt",
+    )
     names = [k for k in _INPUTS if k in example and (k != "token_type_ids" or k in model.accepted)]
     args = tuple(example[k] for k in names)
     with torch.no_grad():

@@ -319,7 +319,11 @@ class Predictor:
             first, second = texts, None
         if not texts:
             return {"input_ids": []}
-        return dict(self.tokenizer(first, second, truncation=True, max_length=self.max_length))
+        # Pairs carry token_type_ids as in training (bertft.data.encode), whatever the tokenizer's default.
+        pair = second is not None or None
+        return dict(
+            self.tokenizer(first, second, truncation=True, max_length=self.max_length, return_token_type_ids=pair)
+        )
 
     def _pad(self, enc: dict[str, list[list[int]]], rows: list[int]) -> dict[str, Tensor]:
         # Right padding with the tokenizer's pad id, exactly as `tokenizer(..., padding=True)` would do.

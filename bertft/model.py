@@ -19,10 +19,11 @@ from bertft.encoder import (
     no_grad_if,
     run_encoder,
     set_requires_grad,
+    shares_layer_weights,
     transformer_layers,
 )
 from bertft.heads import Head, MeanHead
-from bertft.optim import Schedule, make_optimizer, parameter_groups, warmup_then_decay
+from bertft.optim import Schedule, check_layer_lr_decay, make_optimizer, parameter_groups, warmup_then_decay
 from bertft.tasks import Task
 
 
@@ -64,7 +65,8 @@ class FineTuner(L.LightningModule):
         mix_lr: Learning rate of a weighted-layer head's mixing weights, which get no weight decay.
         weight_decay: AdamW weight decay; biases, norms and embeddings never decay.
         layer_lr_decay: Layer-wise learning-rate decay: layer ``k`` of ``L`` trains at ``lr * decay ** (L + 1 - k)``,
-            the embeddings at ``lr * decay ** (L + 1)``; 1.0 turns it off.
+            the embeddings at ``lr * decay ** (L + 1)``; 1.0 turns it off. Refused on encoders whose layers share
+            weights (ALBERT), where no layer has weights of its own.
         warmup_ratio: Fraction of the optimiser steps spent warming up linearly from 0.
         schedule: After warmup: ``linear`` or ``cosine`` decay to 0, or ``constant``.
         betas: AdamW betas.
@@ -72,7 +74,8 @@ class FineTuner(L.LightningModule):
         fused: Use the fused AdamW kernel; ``null`` picks it wherever the device supports it.
         freeze_encoder: Train only the head (linear probing); the encoder's weights stay bit-identical and it runs in
             eval mode without building a graph.
-        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        gradient_checkpointing: Recompute activations in the backward pass to save memory (refused on encoders for
+            which transformers does not implement it, such as ALBERT).
         output_attentions: Load the encoder with eager attention so :meth:`encode` can return attention maps.
         threshold: Probability above which a label is predicted (multilabel).
         trust_remote_code: Run model code that ships with a hub checkpoint. Off unless you trust its author.
@@ -138,8 +141,15 @@ class FineTuner(L.LightningModule):
             raise ValueError(f"head {head.config['class_path']} does not fit encoder {encoder!r}: {err}") from err
         self.head = head
         self._accepted = forward_arguments(self.encoder)
+        check_layer_lr_decay(self.encoder, layer_lr_decay)  # here, not at the first optimiser step
 
         if gradient_checkpointing:
+            if not self.encoder.supports_gradient_checkpointing:
+                raise ValueError(
+                    f"gradient_checkpointing: transformers does not implement it for {type(self.encoder).__name__} "
+                    f"({config.model_type}). Set gradient_checkpointing: false, and save memory with a smaller "
+                    "batch_size and gradient accumulation (trainer.accumulate_grad_batches) instead."
+                )
             self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if encoder_dropout is not None:
             for module in self.encoder.modules():
@@ -147,8 +157,11 @@ class FineTuner(L.LightningModule):
                     module.p = encoder_dropout
         if freeze_embeddings:
             set_requires_grad(embeddings_module(self.encoder), False)
-        for layer in transformer_layers(self.encoder):
-            layer.bertft_encoder_layer = True  # what FSDP's auto-wrap policy wraps (bertft.distributed)
+        # What FSDP's auto-wrap policy wraps (bertft.distributed). Weights that several layers share (ALBERT) stay in
+        # the root unit: wrapped on their own they would be gathered and freed again for every layer that runs them.
+        if not shares_layer_weights(self.encoder):
+            for layer in transformer_layers(self.encoder):
+                layer.bertft_encoder_layer = True
         if freeze_encoder:
             set_requires_grad(self.encoder, False)
             self.encoder.eval()

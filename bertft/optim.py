@@ -11,7 +11,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from bertft.encoder import embeddings_module, transformer_layers
+from bertft.encoder import embeddings_module, shares_layer_weights, transformer_layers
 from bertft.heads.reduce import ScalarMix
 
 # Parameters of these modules never decay: shrinking a norm's gain or an embedding towards zero is not regularisation.
@@ -31,8 +31,32 @@ def _decays(owner: nn.Module, p: nn.Parameter) -> bool:
     return p.ndim >= 2 and not isinstance(owner, _NO_DECAY_MODULES)
 
 
+def check_layer_lr_decay(encoder: nn.Module, layer_lr_decay: float) -> None:
+    """Refuses layer-wise decay on an encoder whose layers share weights (ALBERT).
+
+    A weight that every layer runs has no depth of its own: giving it the top layer's rate, or the bottom one's, would
+    each be an arbitrary choice that silently changes the recipe, so bertft asks for ``layer_lr_decay: 1.0`` instead.
+
+    Raises:
+        ValueError: ``layer_lr_decay`` is not 1 and the encoder shares layer weights.
+    """
+    if layer_lr_decay == 1.0 or not shares_layer_weights(encoder):
+        return
+    config = encoder.config
+    groups = len(transformer_layers(encoder))
+    raise ValueError(
+        f"layer_lr_decay={layer_lr_decay}: {type(encoder).__name__} ({config.model_type}) runs {groups} shared set(s) "
+        f"of layer weights for all its {config.num_hidden_layers} layers, so no layer has weights of its own to train "
+        "at its own rate. Set layer_lr_decay: 1.0 (a lower `lr` trains the whole encoder more gently), or choose an "
+        "encoder without shared layers."
+    )
+
+
 def encoder_depths(encoder: nn.Module) -> dict[int, int]:
-    """Depth of every encoder parameter, by ``id``: 0 embeddings, ``k`` layer ``k``, ``L + 1`` anything above."""
+    """Depth of every encoder parameter, by ``id``: 0 embeddings, ``k`` layer ``k``, ``L + 1`` anything above.
+
+    For an encoder that shares layer weights (ALBERT) ``k`` counts its layer groups, not ``num_hidden_layers``.
+    """
     layers = transformer_layers(encoder)
     top = len(layers) + 1
     depth = {id(p): top for p in encoder.parameters()}
@@ -66,7 +90,11 @@ def parameter_groups(
 
     Returns:
         Groups for a torch optimiser, each with a ``name`` (shown in learning-rate logs).
+
+    Raises:
+        ValueError: Layer-wise decay on an encoder whose layers share weights (:func:`check_layer_lr_decay`).
     """
+    check_layer_lr_decay(encoder, layer_lr_decay)
     groups: dict[tuple[str, float, float], list[nn.Parameter]] = {}
 
     def add(name: str, group_lr: float, decay: float, p: nn.Parameter) -> None:

@@ -85,3 +85,23 @@ def _seed_and_dtype() -> None:
     dtype = torch.get_default_dtype()
     yield
     torch.set_default_dtype(dtype)
+
+
+@pytest.fixture(scope="session")
+def family_dir(tmp_path_factory: pytest.TempPathFactory):
+    """``family_dir(name)``: the folder of a tiny random encoder of that family with its trained tokenizer.
+
+    Names are those of ``tests/families.py``; each is built once per test run, on first use.
+    """
+    from .families import BY_NAME, english_corpus, save_family
+
+    built: dict[str, Path] = {}
+    corpus: list[str] = []
+
+    def get(name: str) -> Path:
+        if name not in built:
+            corpus[:] = corpus or english_corpus()
+            built[name] = save_family(BY_NAME[name], tmp_path_factory.mktemp(f"family_{name}"), corpus)
+        return built[name]
+
+    return get

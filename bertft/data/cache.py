@@ -23,8 +23,9 @@ from datasets import Dataset, disable_progress_bars, enable_progress_bars, is_pr
 
 log = logging.getLogger(__name__)
 
-#: Bump when the layout of cached datasets changes, so old entries are not read as new ones.
-CACHE_VERSION = 1
+#: Bump when the layout of cached datasets changes, so old entries are not read as new ones. 2: sentence pairs always
+#: carry token_type_ids (ALBERT's tokenizer left them out).
+CACHE_VERSION = 2
 META_FILE = "bertft_meta.json"
 
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from datasets import Dataset
 from lightning.pytorch.utilities import rank_zero_warn
@@ -21,6 +23,11 @@ from bertft.encoder import resolve_encoder
 #: Columns every encoded split has, besides the tokenizer's own (``input_ids``, maybe ``token_type_ids``).
 ROW, LINE, LENGTH, LABELS = "row", "line", "length", "labels"
 
+#: Share of a split's text tokens that may be unknown (``[UNK]``) before bertft warns that the encoder's vocabulary
+#: does not cover the text. English text under an English vocabulary has almost none (SST-2 under MiniLM: 0%);
+#: Chinese reviews under MiniLM's English vocabulary have 64%.
+UNKNOWN_WARN_FRACTION = 0.05
+
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """The encoder's fast tokenizer; a short packaged name such as ``"minilm"`` is resolved first."""
@@ -31,6 +38,22 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
             "count truncated examples. Use an encoder whose folder has a tokenizer.json."
         )
     return tokenizer
+
+
+def unknown_fraction(dataset: Dataset, tokenizer: PreTrainedTokenizerBase) -> float:
+    """The share of an encoded split's text tokens (special tokens left out) that the tokenizer could not represent.
+
+    Counted in Arrow over the ``input_ids`` column, without decoding rows (about 10 ms per million tokens).
+    """
+    unk = tokenizer.unk_token_id
+    if unk is None or dataset.num_rows == 0:  # byte-level BPE has no unknown token: every byte has a piece
+        return 0.0
+    ids = pc.list_flatten(dataset.data.column("input_ids"))
+    special = [i for i in tokenizer.all_special_ids if i != unk]
+    text = pc.invert(pc.is_in(ids, value_set=pa.array(special, type=ids.type)))
+    n_text = pc.sum(text).as_py() or 0
+    n_unk = pc.sum(pc.equal(ids, pa.scalar(unk, type=ids.type))).as_py() or 0
+    return n_unk / n_text if n_text else 0.0
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -122,7 +145,8 @@ def encode(
     Args:
         tokenizer: A fast tokenizer.
         texts: First (or only) text of each example.
-        pairs: Second text of each example, encoded as a pair so ``token_type_ids`` mark it; ``None`` for single texts.
+        pairs: Second text of each example, encoded as a pair with ``token_type_ids`` marking it; ``None`` for single
+            texts.
         rows: 0-based row of each example in its file, returned in every batch to restore input order.
         lines: Line of each example in its file, for error messages.
         labels: Parsed labels, or ``None`` for an unlabelled split. Stored as text (classes) or floats, not indices,
@@ -142,7 +166,16 @@ def encode(
 
     def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         nonlocal truncated
-        enc = tokenizer(batch["text"], batch.get("text_pair"), truncation=True, max_length=max_length)
+        # Pairs always carry token_type_ids, even where the tokenizer class leaves them out by default (ALBERT under
+        # transformers 5): the model passes them on only to encoders with a segment embedding.
+        pair = "text_pair" in batch
+        enc = tokenizer(
+            batch["text"],
+            batch.get("text_pair"),
+            truncation=True,
+            max_length=max_length,
+            return_token_type_ids=pair or None,
+        )
         # The Rust encodings keep what truncation cut off, so counting needs no second, untruncated pass.
         truncated += sum(bool(e.overflowing) for e in enc.encodings)
         # attention_mask is all ones before padding: the collator rebuilds it instead of storing it.

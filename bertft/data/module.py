@@ -10,7 +10,7 @@ import pandas as pd
 import tokenizers
 import torch
 from datasets import Dataset
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
@@ -19,11 +19,13 @@ from bertft.data.encode import (
     LABELS,
     LENGTH,
     LINE,
+    UNKNOWN_WARN_FRACTION,
     Collator,
     EncodeSettings,
     encode_table,
     load_tokenizer,
     tokenizer_fingerprint,
+    unknown_fraction,
 )
 from bertft.data.files import DataError, ReadOptions, Table, read_bytes, read_table
 from bertft.data.labels import TASKS, Task, check_known, parse_labels, training_vocabulary, vocabulary
@@ -146,6 +148,8 @@ class TextDataModule(L.LightningDataModule):
         #: Per split: how many examples were truncated to ``max_length`` and how many empty rows were skipped.
         self.truncated: dict[Split, int] = {}
         self.skipped: dict[Split, int] = {}
+        #: Per split: the share of its text tokens that the tokenizer maps to its unknown token.
+        self.unknown_fraction: dict[Split, float] = {}
 
     # ----- labels -------------------------------------------------------------------------------------------------
 
@@ -282,7 +286,21 @@ class TextDataModule(L.LightningDataModule):
                 f"{split} ({path}): {dataset.num_rows} examples, {meta['truncated']} truncated to {self.max_length} "
                 f"tokens, {meta['skipped']} empty texts skipped; cache {self.cache_events[split]}"
             )
+            self._warn_unknown_tokens(split, path, dataset)
         return dataset
+
+    def _warn_unknown_tokens(self, split: Split, path: str, dataset: Dataset) -> None:
+        """Warns when the encoder's vocabulary cannot represent much of a split (Chinese text under an English one)."""
+        fraction = unknown_fraction(dataset, self.tokenizer)
+        self.unknown_fraction[split] = fraction
+        if fraction > UNKNOWN_WARN_FRACTION:
+            rank_zero_warn(
+                f"{split} ({path}): {fraction:.0%} of its tokens are unknown to the tokenizer of "
+                f"{self.tokenizer_name!r}: they all become {self.tokenizer.unk_token}, so the model cannot read them. "
+                "Its vocabulary does not cover the language or script of this text: choose an encoder whose "
+                "vocabulary does (for Chinese, a Chinese or multilingual checkpoint such as bert-base-chinese or "
+                "xlm-roberta-base)."
+            )
 
     def _save_classes(self) -> None:
         if self._unsaved_classes is not None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
 
 from bertft.data.conll import TAGS, TOKENS, read_token_file
 from bertft.data.files import DataError, Table
 from bertft.data.labels import training_vocabulary
 from bertft.data.module import Split, TextDataModule
-from bertft.data.tokens import LabelSubtokens, TokenCollator, TokenEncodeSettings, encode_sentences
+from bertft.data.tokens import LabelSubtokens, TokenCollator, TokenEncodeSettings, encode_sentences, word_tokenizer
 
 
 class TokenDataModule(TextDataModule):
@@ -97,6 +98,16 @@ class TokenDataModule(TextDataModule):
     def text_columns(self) -> list[str]:
         """``["tokens"]``: the words of each sentence (what predictions are written next to)."""
         return [TOKENS]
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The encoder's tokenizer, set to split words given one by one as in running text (see ``word_tokenizer``).
+
+        Its fingerprint, not the saved tokenizer's, keys the cache, so splits tokenised otherwise are never reused.
+        """
+        if self._tokenizer is None:
+            self._tokenizer = word_tokenizer(super().tokenizer)
+        return self._tokenizer
 
     def _read(self, path: str, data: bytes | None = None) -> Table:
         return read_token_file(path, self.read_options.encoding, data)

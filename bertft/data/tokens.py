@@ -15,12 +15,15 @@ label vocabulary do not change the cache.
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from datasets import Dataset
+from tokenizers import Tokenizer
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
@@ -48,6 +51,38 @@ class TokenEncodeSettings:
     labelled: bool
     max_length: int
     stride: int
+
+
+def _add_prefix_spaces(node: Any) -> bool:
+    """Turns on ``add_prefix_space`` in every byte-level pre-tokeniser of a serialised pipeline; whether any was off."""
+    if isinstance(node, list):
+        return any([_add_prefix_spaces(n) for n in node])  # a list, not a generator: visit every node
+    if not isinstance(node, dict):
+        return False
+    changed = node.get("type") == "ByteLevel" and node.get("add_prefix_space") is False
+    if changed:
+        node["add_prefix_space"] = True
+    return any([changed, *(_add_prefix_spaces(v) for k, v in node.items() if k != "type")])
+
+
+def word_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """The tokenizer to encode sentences given as words, so each word is split as it would be in running text.
+
+    Byte-level BPE (RoBERTa, ModernBERT) learns a word's pieces with the space before it (``Ġ``): given words one by
+    one without ``add_prefix_space``, every word would be split as if it continued the previous one, into pieces the
+    encoder rarely saw at a word start. WordPiece and SentencePiece (``▁``) already mark word starts themselves.
+
+    Returns:
+        ``tokenizer`` itself when nothing needs changing, else a copy whose byte-level pre-tokeniser adds the space.
+    """
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    if not _add_prefix_spaces(state.get("pre_tokenizer")):
+        return tokenizer
+    words = copy.deepcopy(tokenizer)
+    words.backend_tokenizer.pre_tokenizer = Tokenizer.from_str(json.dumps(state)).pre_tokenizer
+    if hasattr(words, "add_prefix_space"):
+        words.add_prefix_space = True
+    return words
 
 
 def special_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
@@ -112,6 +147,7 @@ def encode_sentences(
         sentence's word tags); and facts for the cache: ``truncated`` (always 0), ``skipped``, ``unit``, ``path`` and
         ``windowed`` (sentences cut into more than one window).
     """
+    tokenizer = word_tokenizer(tokenizer)
     sentences = table.frame[TOKENS].tolist()
     tags = table.frame[TAGS].tolist() if settings.labelled else None
     if tags is not None:
