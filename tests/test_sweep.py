@@ -188,7 +188,7 @@ def test_invalid_value_fails_and_the_sweep_goes_on(tmp_path: Path, base_config: 
     assert rows["0.1"]["state"] == "finished"
     assert rows["0.1"]["error"] == ""
     assert rows["1.5"]["state"] == "failed"
-    assert "dropout probability has to be between 0 and 1" in rows["1.5"]["error"]
+    assert "dropout=1.5 must be in [0, 1)" in rows["1.5"]["error"]
     assert len(read_csv(tmp_path / "sweep" / "summary.csv")) == 1
     assert "Failed trials" in (tmp_path / "sweep" / "summary.md").read_text()
 
@@ -218,3 +218,17 @@ def test_bad_sweep_file_one_line_no_trial(
     assert err.startswith("bertft sweep: error: sweep file")
     assert message in err
     assert not (tmp_path / "sweep").exists(), "nothing may start before the sweep file is checked"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_sweeps_check(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sweep in configs/sweeps/ passes the checks a run makes before its first trial (keys, values, metric)."""
+    from bertft.sweep.spec import load_spec
+    from bertft.sweep.validate import check_spec
+
+    monkeypatch.chdir(ROOT)  # sweep files name their configs from the repository root, as the README runs them
+    spec = load_spec(path)
+    check_spec(spec)
+    assert spec.metric in ("val/acc", "val/spearman")
+    assert spec.direction == "maximize"
+    assert spec.num_points * len(spec.seeds) == 12

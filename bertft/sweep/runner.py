@@ -254,9 +254,13 @@ def _error_line(log: Path, returncode: int) -> str | None:
         return None
     text = log.read_text(encoding="utf-8", errors="replace").split("\n===== trial ")[-1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("bertft: error:"):
-            return line.removeprefix("bertft: error:").strip()
+    starts = [i for i, line in enumerate(lines) if line.startswith("bertft: error:")]
+    if starts:
+        block = lines[starts[-1] :]
+        first = block[0].removeprefix("bertft: error:").strip()
+        # jsonargparse lists why each type of a union failed; the one that is not "Expected a <class ...>" says why
+        reasons = [line[2:] for line in block[1:] if line.startswith("- ") and not line.startswith("- Expected a")]
+        return f"{first}: {reasons[0]}" if reasons else first
     for line in reversed(lines):
         if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line):
             return line

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
+import time
 import warnings
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
@@ -79,10 +82,23 @@ def open_study(spec: SweepSpec) -> optuna.Study:
         sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=spec.sampler_seed)
     else:  # grid points are all enqueued; random samples the space
         sampler = optuna.samplers.RandomSampler(seed=spec.sampler_seed)
-    storage = storage_for(spec.storage_url)
-    study = optuna.create_study(
-        study_name=spec.name, storage=storage, direction=spec.direction, sampler=sampler, load_if_exists=True
-    )
+    for attempt in range(5):
+        # Several processes starting one sweep at once race to create the tables and the study: the loser retries.
+        try:
+            study = optuna.create_study(
+                study_name=spec.name,
+                storage=storage_for(spec.storage_url),
+                direction=spec.direction,
+                sampler=sampler,
+                load_if_exists=True,
+            )
+            if "metric" not in study.user_attrs:
+                study.set_user_attr("metric", spec.metric)
+            break
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + random.random())
     if study.direction.name.lower() != spec.direction:
         raise SweepError(
             f"study {spec.name!r} in {spec.storage_url} was created to {study.direction.name.lower()} its metric, "
@@ -93,7 +109,6 @@ def open_study(spec: SweepSpec) -> optuna.Study:
         raise SweepError(
             f"study {spec.name!r} optimises {metric}, this sweep file says {spec.metric}: rename the sweep"
         )
-    study.set_user_attr("metric", spec.metric)
     return study
 
 
