@@ -74,7 +74,8 @@ def run(spec: SweepSpec, test_best: bool = False) -> int:
         return 2
     record = {"name": spec.name, "storage": spec.storage_url, "metric": spec.metric, "direction": spec.direction}
     atomic_write_text(spec.output_dir / RECORD, json.dumps({**record, "sweep_file": str(spec.path)}, indent=1))
-    shutil.copyfile(spec.path, spec.output_dir / "sweep.yaml")
+    if spec.path != (spec.output_dir / "sweep.yaml").resolve():
+        shutil.copyfile(spec.path, spec.output_dir / "sweep.yaml")  # the sweep as run, beside its results
     sweep = Sweep(spec, study)
     print(
         f"sweep {spec.name}: {spec.num_points} points x {len(spec.seeds)} seeds, {spec.sampler} sampler, "

@@ -35,7 +35,9 @@ HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 60
 HOST = socket.gethostname()
 
-warnings.filterwarnings("ignore", category=ExperimentalWarning)
+warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats
+# The heartbeat is kept by the worker (bertft.sweep.runner) rather than by Study.optimize, which Optuna warns about.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -178,7 +180,7 @@ def new_point(study: optuna.Study, spec: SweepSpec) -> optuna.Trial:
         return trial
     params = suggest(trial, spec)
     seed = spec.seeds[0]
-    attrs = {"point": trial.number, "seed": seed, "params": params, "key": trial_key(params, seed)}
+    attrs = {"point": trial.number + 1, "seed": seed, "params": params, "key": trial_key(params, seed)}
     for name, value in attrs.items():
         trial.set_user_attr(name, value)
     for other in spec.seeds[1:]:
