@@ -177,11 +177,15 @@ def _state(pid: int) -> str:
 
 
 def test_invalid_value_fails_and_the_sweep_goes_on(tmp_path: Path, base_config: Path) -> None:
-    """A dropout of 1.5 parses as a float but fails when the head is built: recorded with its message."""
+    """A dropout of 1.5 parses as a float but fails when the head is built: recorded with its message.
+
+    Two workers in one process run the two points at once; ``--test_best`` then tests the finished one.
+    """
     path = write_sweep(tmp_path, base_config, space={"model.head.init_args.dropout": [0.1, 1.5]}, workers=2)
     result = subprocess.run(
-        sweep_command(path), env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT
+        sweep_command(path, "--test_best"), env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT
     )
+    (tmp_path / "sweep.out").write_text(result.stdout + result.stderr)  # kept for a failure's post-mortem
     assert result.returncode == 0, result.stdout + result.stderr
     assert "failed: " in result.stdout
     rows = {r["model.head.init_args.dropout"]: r for r in read_csv(tmp_path / "sweep" / "trials.csv")}
@@ -191,6 +195,10 @@ def test_invalid_value_fails_and_the_sweep_goes_on(tmp_path: Path, base_config: 
     assert "dropout=1.5 must be in [0, 1)" in rows["1.5"]["error"]
     assert len(read_csv(tmp_path / "sweep" / "summary.csv")) == 1
     assert "Failed trials" in (tmp_path / "sweep" / "summary.md").read_text()
+    tested = read_csv(tmp_path / "sweep" / "test_best.csv")
+    assert [(r["point"], r["seed"]) for r in tested] == [("1", "0")]
+    assert 0 <= float(tested[0]["test/acc"]) <= 1
+    assert "test, best point 1 (dropout=0.1): test/acc" in result.stdout
 
 
 @pytest.mark.parametrize(

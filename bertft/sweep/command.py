@@ -68,7 +68,7 @@ def run(spec: SweepSpec, test_best: bool = False) -> int:
 
     spec.output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        study = open_study(spec)
+        study, storage = open_study(spec)
     except SweepError as err:
         sys.stderr.write(f"bertft sweep: error: {err}\n")
         return 2
@@ -76,7 +76,7 @@ def run(spec: SweepSpec, test_best: bool = False) -> int:
     atomic_write_text(spec.output_dir / RECORD, json.dumps({**record, "sweep_file": str(spec.path)}, indent=1))
     if spec.path != (spec.output_dir / "sweep.yaml").resolve():
         shutil.copyfile(spec.path, spec.output_dir / "sweep.yaml")  # the sweep as run, beside its results
-    sweep = Sweep(spec, study)
+    sweep = Sweep(spec, study, storage)
     print(
         f"sweep {spec.name}: {spec.num_points} points x {len(spec.seeds)} seeds, {spec.sampler} sampler, "
         f"{spec.workers} worker(s) of {sweep.threads} threads; {spec.metric} ({spec.direction}); "

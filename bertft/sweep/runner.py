@@ -40,11 +40,13 @@ class Sweep:
     Args:
         spec: The checked sweep (metric and direction filled in).
         study: Its Optuna study.
+        storage: The study's storage (trials are claimed through its database connection).
     """
 
-    def __init__(self, spec: SweepSpec, study: optuna.Study) -> None:
+    def __init__(self, spec: SweepSpec, study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
         self.spec = spec
         self.study = study
+        self.storage = storage
         self.stop = threading.Event()
         self.lock = threading.Lock()  # one progress line and one report rewrite at a time
         self.threads = max(
@@ -82,20 +84,31 @@ class Sweep:
             if time.monotonic() - last_recover > studies.HEARTBEAT_INTERVAL:
                 studies.recover(self.study)
                 last_recover = time.monotonic()
-            trial = studies.claim(self.study)
-            if trial is None and self.spec.sampler != "grid" and self._num_points() < self.spec.num_points:
-                trial = studies.new_point(self.study, self.spec)
+            trial = studies.claim(self.study, self.storage)
+            sampled = self.spec.sampler != "grid"
+            if trial is None and sampled and studies.pending_points(self.study) < self.spec.num_points:
+                studies.add_blank_point(self.study)  # claimed like any other trial, then sampled
+                continue
             if trial is None:
                 if not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     return  # nothing waits, nothing runs: the sweep is done
                 self.stop.wait(POLL)  # a running trial may yet be interrupted and enqueued again
                 continue
-            if studies.is_duplicate(self.study, trial):
-                continue
-            self._run_trial(trial)
-
-    def _num_points(self) -> int:
-        return len({t.user_attrs["point"] for t in studies.sweep_trials(self.study) if studies.is_active(t)})
+            try:
+                if "key" not in trial.user_attrs:
+                    studies.sample_point(self.study, trial, self.spec)
+                if studies.is_duplicate(self.study, trial):
+                    continue
+                self._run_trial(trial)
+            except Exception as err:  # the sweep's own failure (storage, disk): record it on the trial, go on
+                message = f"sweep error: {type(err).__name__}: {err}"
+                print(f"trial {trial.number}: {message}", file=sys.stderr, flush=True)
+                try:
+                    trial.set_user_attr("error", message)
+                    self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                except Exception:
+                    self.stop.set()  # the storage is gone: stop; the same command resumes
+                    raise
 
     def _run_trial(self, trial: optuna.Trial) -> None:
         spec = self.spec

@@ -4,8 +4,11 @@ How exactly-once holds with several workers and machines on one storage:
 
 * every (point, seed) is an Optuna trial whose user attributes hold ``point``, ``seed``, ``params`` and ``key``;
   grid points (and the further seeds of a sampled point) are enqueued as WAITING trials;
-* a worker claims a WAITING trial by moving it to RUNNING, which the storage does atomically (a row lock), so no two
-  workers get the same trial;
+* a worker claims a WAITING trial with one conditional ``UPDATE trials SET state = RUNNING WHERE trial_id = ? AND
+  state = WAITING``: the database applies it once, so no two workers get the same trial. (Optuna's own ``ask`` reads
+  the state and then writes it, which two SQLite writers can both pass; it is not used to claim trials here.)
+* a new ``tpe`` / ``random`` point starts as a blank WAITING trial, claimed the same way; whoever claims it samples
+  the point and enqueues its other seeds;
 * should two WAITING trials share a key (two machines enqueued the same grid at once), the one with the higher number
   is dropped when claimed: it is failed with ``duplicate_of`` and left out of every report;
 * an interrupted trial (its process killed, its machine gone) is failed and enqueued again under its key: at once when
@@ -15,6 +18,7 @@ How exactly-once holds with several workers and machines on one storage:
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import random
@@ -26,6 +30,7 @@ from typing import Any
 import optuna
 import sqlalchemy.exc
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages._rdb.models import TrialModel  # the trials table, for the atomic claim
 from optuna.trial import FrozenTrial, TrialState
 
 from bertft.sweep.spec import Choices, SweepError, SweepSpec
@@ -78,8 +83,8 @@ def storage_for(url: str) -> optuna.storages.RDBStorage:
     )
 
 
-def open_study(spec: SweepSpec) -> optuna.Study:
-    """Creates the sweep's study, or loads it to resume or to join it from another machine."""
+def open_study(spec: SweepSpec) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
+    """Creates the sweep's study, or loads it to resume or to join it from another machine; returns its storage too."""
     if spec.sampler == "tpe":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=spec.sampler_seed)
     else:  # grid points are all enqueued; random samples the space
@@ -87,9 +92,10 @@ def open_study(spec: SweepSpec) -> optuna.Study:
     for attempt in range(5):
         # Several processes starting one sweep at once race to create the tables and the study: the loser retries.
         try:
+            storage = storage_for(spec.storage_url)
             study = optuna.create_study(
                 study_name=spec.name,
-                storage=storage_for(spec.storage_url),
+                storage=storage,
                 direction=spec.direction,
                 sampler=sampler,
                 load_if_exists=True,
@@ -111,7 +117,7 @@ def open_study(spec: SweepSpec) -> optuna.Study:
         raise SweepError(
             f"study {spec.name!r} optimises {metric}, this sweep file says {spec.metric}: rename the sweep"
         )
-    return study
+    return study, storage
 
 
 def recover(study: optuna.Study) -> None:
@@ -162,31 +168,44 @@ def enqueue_missing(study: optuna.Study, spec: SweepSpec) -> None:
                 study.enqueue_trial(params, user_attrs={"point": point, "seed": seed, "params": params, "key": key})
 
 
-def claim(study: optuna.Study) -> optuna.Trial | None:
+def claim(study: optuna.Study, storage: optuna.storages.RDBStorage) -> optuna.Trial | None:
     """Moves one WAITING trial to RUNNING for this worker, atomically; ``None`` when none is waiting."""
+    table = TrialModel.__table__
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if study._storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING):
-                return _own(study, optuna.Trial(study, frozen._trial_id))
-        except UpdateFinishedTrialError:
-            continue
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # Optuna stores naive UTC
+        with storage.engine.begin() as connection:
+            claimed = connection.execute(
+                table.update()
+                .where(table.c.trial_id == frozen._trial_id, table.c.state == TrialState.WAITING)
+                .values(state=TrialState.RUNNING, datetime_start=now)
+            ).rowcount
+        if claimed == 1:
+            return _own(study, optuna.Trial(study, frozen._trial_id))
     return None
 
 
-def new_point(study: optuna.Study, spec: SweepSpec) -> optuna.Trial:
-    """Samples a new point (``tpe`` / ``random``) as its first seed's trial, and enqueues its other seeds."""
-    trial = _own(study, study.ask())  # takes a WAITING trial instead if one appeared meanwhile
-    if "key" in trial.user_attrs:
-        return trial
+def add_blank_point(study: optuna.Study) -> None:
+    """Enqueues a blank trial: a new point for the ``tpe`` / ``random`` sampler to sample when it is claimed."""
+    study.enqueue_trial({}, user_attrs={"blank": True})
+
+
+def sample_point(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec) -> None:
+    """Samples a claimed blank trial's point as its first seed, and enqueues the point's other seeds."""
     params = suggest(trial, spec)
     seed = spec.seeds[0]
     attrs = {"point": trial.number + 1, "seed": seed, "params": params, "key": trial_key(params, seed)}
     for name, value in attrs.items():
         trial.set_user_attr(name, value)
     for other in spec.seeds[1:]:
-        key = trial_key(params, other)
-        study.enqueue_trial(params, user_attrs={**attrs, "seed": other, "key": key})
-    return trial
+        study.enqueue_trial(params, user_attrs={**attrs, "seed": other, "key": trial_key(params, other)})
+
+
+def pending_points(study: optuna.Study) -> int:
+    """Points sampled or about to be: distinct points of active trials plus blank trials not yet sampled."""
+    trials = study.get_trials(deepcopy=False)
+    points = {t.user_attrs["point"] for t in trials if "point" in t.user_attrs and is_active(t)}
+    blanks = [t for t in trials if "blank" in t.user_attrs and "key" not in t.user_attrs and is_active(t)]
+    return len(points) + len(blanks)
 
 
 def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
@@ -205,6 +224,8 @@ def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
 def is_duplicate(study: optuna.Study, trial: optuna.Trial) -> bool:
     """Drops a claimed trial whose key a lower-numbered active trial holds (see the module docstring)."""
     key = trial.user_attrs.get("key")
+    if key is None:
+        return False
     for other in study.get_trials(deepcopy=False):
         if other.number < trial.number and other.user_attrs.get("key") == key and is_active(other):
             trial.set_user_attr("duplicate_of", other.number)
