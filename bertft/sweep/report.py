@@ -241,7 +241,7 @@ def _plot(rows: list[dict[str, Any]], best: int | None, metric: str, path: Path,
     except ImportError:
         print("summary.png skipped: matplotlib is not installed (pip install matplotlib)")
         return
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 4.0))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 4.0))
     for x, row in enumerate(rows):
         s: Summary = row["summary"]
         color = "tab:red" if row["point"] == best else "tab:blue"
@@ -252,7 +252,7 @@ def _plot(rows: list[dict[str, Any]], best: int | None, metric: str, path: Path,
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([f"{r['point']}\n{point_label(r['params']).replace(', ', chr(10))}" for r in rows], fontsize=7)
     ax.set_ylabel(metric)
-    ax.set_title(f"{title}: mean and 95% t interval per point (dots: seeds; red: best)", fontsize=9)
+    ax.set_title(f"sweep {title}\nmean and 95% t interval per point; dots: seeds; red: best", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
