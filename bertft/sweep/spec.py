@@ -268,6 +268,9 @@ def load_spec(path: str | os.PathLike[str], output_dir: str | None = None) -> Sw
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
         raise fail(f"trial_timeout: {timeout!r} is not a positive number of seconds")
 
+    sampler_seed = raw.get("sampler_seed", 0)
+    if not isinstance(sampler_seed, int) or isinstance(sampler_seed, bool):
+        raise fail(f"sampler_seed: {sampler_seed!r} is not an integer")
     name = str(raw.get("name") or path.stem)
     out = Path(output_dir or raw.get("output_dir") or Path("outputs") / "sweeps" / name)
     return SweepSpec(
@@ -286,7 +289,7 @@ def load_spec(path: str | os.PathLike[str], output_dir: str | None = None) -> Sw
         workers=workers,
         output_dir=out,
         trial_timeout=float(timeout) if timeout is not None else None,
-        sampler_seed=int(raw.get("sampler_seed", 0)),
+        sampler_seed=sampler_seed,
     )
 
 
@@ -360,5 +363,8 @@ def nested(flat: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(child, dict):
                 raise SweepError(f"{key}: {'.'.join(parents)} is set to a value and also used as a section")
             node = child
-        node[leaf] = decode(value)
+        value = decode(value)
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            value = {**value, **node[leaf]}  # `model.head` and `model.head.init_args.x` both given: keep both
+        node[leaf] = value
     return root
