@@ -227,8 +227,15 @@ def _csv_as_md(path: Path) -> list[str]:
         table = list(csv.reader(f))
     if not table:
         return []
+
+    def cell(text: str) -> str:
+        try:
+            return f"{float(text):.4f}" if "." in text else text
+        except ValueError:
+            return text  # a path
+
     return ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])] + [
-        "| " + " | ".join(r) + " |" for r in table[1:]
+        "| " + " | ".join(map(cell, r)) + " |" for r in table[1:]
     ]
 
 
