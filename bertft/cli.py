@@ -7,6 +7,7 @@ import inspect
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -224,8 +225,56 @@ class BertftCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=data, ckpt_path="best" if best else None, weights_only=True)
 
 
+def _cli_kwargs() -> dict[str, Any]:
+    return {
+        "model_class": FineTuner,
+        "datamodule_class": TextDataModule,
+        "subclass_mode_data": True,  # any TextDataModule subclass, e.g. bertft.data.TokenDataModule
+        # The model builds its own parameter groups (no-decay, layer-wise decay, head and mixing learning rates);
+        # LightningCLI's automatic optimiser would silently replace them.
+        "auto_configure_optimizers": False,
+        "save_config_callback": ConfigToLoggers,  # the config reaches every logger once, with versions and commit
+        "save_config_kwargs": {"overwrite": True},
+        "parser_class": BertftArgumentParser,
+        "parser_kwargs": {"prog": "bertft", "description": "Fine-tune BERT-family encoders with pluggable heads."},
+        # The data module shards its length-grouped batches across ranks itself (bertft.data.sampler).
+        "trainer_defaults": {"default_root_dir": "outputs", "use_distributed_sampler": False},
+    }
+
+
+class _ParseOnlyCLI(BertftCLI):
+    """Parses and checks a config like ``fit`` would, and builds nothing (no encoder loaded, no data read)."""
+
+    def _parse_ckpt_path(self) -> None:
+        pass
+
+    def _set_seed(self) -> None:
+        pass
+
+    def before_instantiate_classes(self) -> None:  # noqa: D102
+        pass
+
+    def instantiate_classes(self) -> None:  # noqa: D102
+        pass
+
+
+def parse_config(args: list[str]) -> tuple[ArgumentParser, Any]:
+    """Parses ``args`` (``--config a.yaml --model.lr 1e-4 ...``) as ``fit`` would, without building anything.
+
+    Used by ``bertft sweep`` to check a sweep's keys and values before any trial starts. A bad key or value exits
+    with status 2 and one paragraph on stderr, like every command.
+
+    Returns:
+        The parser (for its known keys) and the parsed config.
+    """
+    with warnings.catch_warnings():  # LightningCLI warns that sys.argv (the sweep's own) differs from args
+        warnings.simplefilter("ignore", UserWarning)
+        cli = _ParseOnlyCLI(args=args, run=False, **_cli_kwargs())
+    return cli.parser, cli.config
+
+
 def main(args: ArgsType = None, run: bool = True) -> BertftCLI | None:
-    """Runs the command line: ``fit``, ``validate``, ``test`` and ``predict`` (LightningCLI), and ``export``.
+    """Runs the command line: ``fit``, ``validate``, ``test``, ``predict`` (LightningCLI), ``export`` and ``sweep``.
 
     Args:
         args: Arguments instead of ``sys.argv[1:]`` (a list, or a dict), for tests and notebooks.
@@ -237,6 +286,11 @@ def main(args: ArgsType = None, run: bool = True) -> BertftCLI | None:
 
         export_main(argv[1:])
         return None
+    if isinstance(argv, list) and argv[:1] == ["sweep"]:
+        from bertft.sweep.command import main as sweep_main
+
+        sweep_main(argv[1:])
+        return None
     # Forked DataLoader workers warn (or hang) when the fast tokenizer's thread pool was used before the fork.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     reuse_freed_memory()  # large activation buffers are kept for the next step, not re-mapped (bertft.allocator)
@@ -244,22 +298,7 @@ def main(args: ArgsType = None, run: bool = True) -> BertftCLI | None:
     if os.environ.get(TRACE_ENV):
         trace_collectives(os.environ[TRACE_ENV])
     try:
-        cli = BertftCLI(
-            FineTuner,
-            TextDataModule,
-            subclass_mode_data=True,  # any TextDataModule subclass, e.g. bertft.data.TokenDataModule
-            args=args,
-            run=run,
-            # The model builds its own parameter groups (no-decay, layer-wise decay, head and mixing learning
-            # rates); LightningCLI's automatic optimiser would silently replace them.
-            auto_configure_optimizers=False,
-            save_config_callback=ConfigToLoggers,  # the config reaches every logger once, with versions and commit
-            save_config_kwargs={"overwrite": True},
-            parser_class=BertftArgumentParser,
-            parser_kwargs={"prog": "bertft", "description": "Fine-tune BERT-family encoders with pluggable heads."},
-            # The data module shards its length-grouped batches across ranks itself (bertft.data.sampler).
-            trainer_defaults={"default_root_dir": "outputs", "use_distributed_sampler": False},
-        )
+        cli = BertftCLI(args=args, run=run, **_cli_kwargs())
     except (ValueError, FileNotFoundError) as err:
         if os.environ.get("BERTFT_DEBUG"):
             raise

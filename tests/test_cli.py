@@ -19,7 +19,7 @@ from bertft.heads import ConcatCLSHead, Head, MeanHead, WeightedLayersHead
 from .conftest import SST2_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "heads" not in p.parts and "trainer" not in p.parts)
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not {"heads", "trainer", "sweeps"} & set(p.parts))
 HEAD_CONFIGS = sorted((ROOT / "configs" / "heads").glob("*.yaml"))
 
 

@@ -1,0 +1,176 @@
+"""``bertft sweep``: run a sweep (``--config sweep.yaml``), or rebuild its report from storage (``--report DIR``)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bertft.io import atomic_write_text
+from bertft.sweep.spec import SweepError, SweepSpec, load_spec
+from bertft.sweep.validate import overlay_yaml
+
+RECORD = "sweep.json"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs ``bertft sweep`` with ``argv`` (default ``sys.argv[2:]``); exits 2 on bad input, 130 when stopped."""
+    parser = argparse.ArgumentParser(
+        prog="bertft sweep",
+        description="Search hyperparameters and repeat each point over seeds, on Optuna; "
+        "writes trials.csv, summary.csv, summary.md and summary.png. See docs/guides/sweeps.md.",
+    )
+    parser.add_argument("--config", metavar="SWEEP_YAML", help="the sweep file (configs, space, seeds, metric, ...)")
+    parser.add_argument("--report", metavar="FOLDER", help="rebuild a sweep folder's report from its storage and exit")
+    parser.add_argument(
+        "--output_dir", help="the sweep folder (default: the file's output_dir, or outputs/sweeps/NAME)"
+    )
+    parser.add_argument("--workers", type=int, help="parallel trials on this machine (overrides the file's workers)")
+    parser.add_argument("--test_best", action="store_true", help="after the search, test the best point's checkpoints")
+    args = parser.parse_args(sys.argv[2:] if argv is None else argv)
+    if bool(args.config) == bool(args.report):
+        parser.error("give --config sweep.yaml to run a sweep, or --report <sweep folder> to rebuild its report")
+    try:
+        if args.report:
+            report(Path(args.report))
+            return
+        spec = load_spec(args.config, args.output_dir)
+        if args.workers is not None:
+            if args.workers < 1:
+                raise SweepError(f"--workers {args.workers}: give a positive number")
+            spec.workers = args.workers
+        from bertft.sweep.validate import check_spec
+
+        check_spec(spec)
+        if args.test_best and not spec.test_file:
+            raise SweepError(f"--test_best: the run's config in {spec.path} names no data.test_file to test on")
+    except SweepError as err:
+        sys.stderr.write(f"bertft sweep: error: {err}\n")
+        sys.exit(2)
+    sys.exit(run(spec, test_best=args.test_best))
+
+
+def run(spec: SweepSpec, test_best: bool = False) -> int:
+    """Runs (or resumes, or joins) the sweep, then writes its report; returns the exit status."""
+    from bertft.sweep.report import write_report
+    from bertft.sweep.runner import Sweep
+    from bertft.sweep.study import open_study
+
+    spec.output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        study, storage = open_study(spec)
+    except SweepError as err:
+        sys.stderr.write(f"bertft sweep: error: {err}\n")
+        return 2
+    record = {"name": spec.name, "storage": spec.storage_url, "metric": spec.metric, "direction": spec.direction}
+    atomic_write_text(spec.output_dir / RECORD, json.dumps({**record, "sweep_file": str(spec.path)}, indent=1))
+    if spec.path != (spec.output_dir / "sweep.yaml").resolve():
+        shutil.copyfile(spec.path, spec.output_dir / "sweep.yaml")  # the sweep as run, beside its results
+    sweep = Sweep(spec, study, storage)
+    print(
+        f"sweep {spec.name}: {spec.num_points} points x {len(spec.seeds)} seeds, {spec.sampler} sampler, "
+        f"{spec.workers} worker(s) of {sweep.threads} threads; {spec.metric} ({spec.direction}); "
+        f"storage {spec.storage_url}; folder {spec.output_dir}",
+        flush=True,
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        print(f"\nstopping: {signal.Signals(signum).name}; running trials are stopped and enqueued again", flush=True)
+        sweep.stop.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        sweep.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if sweep.stop.is_set() and not sweep.finished:
+        print(f"sweep stopped; run the same command to resume. Report: {spec.output_dir / 'summary.md'}")
+        return 130
+    if test_best:
+        _test_best(spec, study)
+        write_report(study, spec.output_dir, spec.metric, str(spec.direction))
+    print(f"report: {spec.output_dir / 'summary.md'} (and trials.csv, summary.csv, summary.png)")
+    return 0
+
+
+def report(folder: Path) -> None:
+    """``--report``: rebuilds the folder's outputs from the storage recorded in its ``sweep.json``."""
+    import optuna
+
+    from bertft.sweep.report import write_report
+    from bertft.sweep.study import storage_for
+
+    record_file = folder / RECORD
+    if not record_file.is_file():
+        raise SweepError(f"{folder} is not a sweep folder: it has no {RECORD} (give the folder a sweep wrote)")
+    record = json.loads(record_file.read_text(encoding="utf-8"))
+    study = optuna.load_study(study_name=record["name"], storage=storage_for(record["storage"]))
+    write_report(study, folder, record["metric"], record["direction"])
+    print(f"report: {folder / 'summary.md'}")
+
+
+def _test_best(spec: SweepSpec, study: Any) -> None:
+    """Tests each finished seed of the best point from its best checkpoint; writes ``test_best.csv``."""
+    from bertft.sweep import study as studies
+    from bertft.sweep.report import point_label, summarize_points
+    from bertft.sweep.stats import summarize
+
+    trials = studies.sweep_trials(study)
+    _, best = summarize_points(trials, str(spec.direction))
+    if best is None:
+        print("--test_best: no finished trial to test")
+        return
+    done = [t for t in trials if t.user_attrs["point"] == best and t.state.name == "COMPLETE"]
+    rows: list[dict[str, Any]] = []
+    for trial in sorted(done, key=lambda t: t.user_attrs["seed"]):
+        folder = Path(trial.user_attrs["folder"])
+        checkpoint = trial.user_attrs.get("best_model_path")
+        if not checkpoint or not Path(checkpoint).is_file():
+            print(f"--test_best: seed {trial.user_attrs['seed']}: no best checkpoint in {folder}; skipped")
+            continue
+        overlay = folder / "sweep_test.yaml"
+        overlay.write_text(
+            overlay_yaml({"data.test_file": spec.test_file, "trainer.default_root_dir": str(folder / "test")}),
+            encoding="utf-8",
+        )
+        result = folder / "test_result.json"
+        result.unlink(missing_ok=True)
+        callback = {
+            "class_path": "bertft.sweep.trial.SweepTrial",
+            "init_args": {"result_file": str(result), "metric": spec.metric},
+        }
+        command = [sys.executable, "-m", "bertft.sweep.trial", "test"]
+        command += [a for c in spec.configs for a in ("--config", str(c))]
+        command += ["--config", str(folder / "sweep_trial.yaml"), "--config", str(overlay), "--ckpt_path", checkpoint]
+        command += ["--trainer.callbacks+=" + json.dumps(callback)]
+        with open(folder / "test.log", "w", encoding="utf-8") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
+        if code != 0 or not result.is_file():
+            print(f"--test_best: seed {trial.user_attrs['seed']}: test failed (see {folder / 'test.log'})")
+            continue
+        metrics = json.loads(result.read_text(encoding="utf-8"))["test"]
+        rows.append({"point": best, "seed": trial.user_attrs["seed"], **metrics, "checkpoint": checkpoint})
+    if not rows:
+        return
+    names = sorted({k for r in rows for k in r} - {"point", "seed", "checkpoint"})
+    out = io.StringIO()
+    writer = csv.DictWriter(out, ["point", "seed", *names, "checkpoint"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(spec.output_dir / "test_best.csv", out.getvalue())
+    params = done[0].user_attrs["params"]
+    for name in names:
+        s = summarize([r[name] for r in rows if name in r])
+        spread = f" ± {s.sd:.4f}" if not math.isnan(s.sd) else ""
+        print(f"test, best point {best} ({point_label(params)}): {name} {s.mean:.4f}{spread} over {s.n} seed(s)")

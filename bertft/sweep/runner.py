@@ -1,0 +1,293 @@
+"""Running a sweep: worker threads, each running one trial at a time as a ``fit`` subprocess in its own folder.
+
+A trial is ``python -m bertft fit --config <the run's configs> --config <trial folder>/sweep_trial.yaml`` (the point's
+values, its seed, its folder, no test split) with :class:`~bertft.sweep.trial.SweepTrial` appended to the callbacks;
+``command.txt`` in the folder re-runs it alone. Each subprocess gets ``cores / workers`` threads. While it runs, the
+worker keeps the trial's heartbeat, enforces ``trial_timeout``, and on Ctrl-C / SIGTERM stops it and enqueues it again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from bertft.faults import find_last_checkpoint
+from bertft.sweep import study as studies
+from bertft.sweep.report import point_label, point_results, write_report
+from bertft.sweep.spec import SweepSpec
+from bertft.sweep.validate import overlay_yaml
+
+#: Seconds a worker waits before looking again for work, while other workers' trials run.
+POLL = 2.0
+
+
+class Sweep:
+    """One machine's share of a sweep: ``spec.workers`` threads taking (point, seed) trials until none is left.
+
+    Args:
+        spec: The checked sweep (metric and direction filled in).
+        study: Its Optuna study.
+        storage: The study's storage (trials are claimed through its database connection).
+    """
+
+    def __init__(self, spec: SweepSpec, study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
+        self.spec = spec
+        self.study = study
+        self.storage = storage
+        self.stop = threading.Event()
+        self.lock = threading.Lock()  # one progress line and one report rewrite at a time
+        self.threads = max(
+            1,
+            (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // spec.workers,
+        )
+        self.total = spec.num_points * len(spec.seeds)
+        self.finished = False  # every (point, seed) done, rather than stopped
+
+    def run(self) -> None:
+        """Runs the workers to the end (or until :attr:`stop` is set), then rewrites the report."""
+        studies.recover(self.study)
+        studies.enqueue_missing(self.study, self.spec)
+        workers = [
+            threading.Thread(target=self._work, name=f"worker-{i}", daemon=True) for i in range(self.spec.workers)
+        ]
+        for worker in workers:
+            worker.start()
+        try:
+            while any(w.is_alive() for w in workers):
+                time.sleep(0.5)
+            self.finished = not self.stop.is_set()
+        finally:
+            self.stop.set()
+            for worker in workers:
+                worker.join()
+            with self.lock:
+                write_report(self.study, self.spec.output_dir, self.spec.metric, self.spec.direction)
+
+    # ----- one worker ------------------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        last_recover = time.monotonic()
+        while not self.stop.is_set():
+            if time.monotonic() - last_recover > studies.HEARTBEAT_INTERVAL:
+                studies.recover(self.study)
+                last_recover = time.monotonic()
+            trial = studies.claim(self.study, self.storage)
+            sampled = self.spec.sampler != "grid"
+            if trial is None and sampled and studies.pending_points(self.study) < self.spec.num_points:
+                studies.add_blank_point(self.study)  # claimed like any other trial, then sampled
+                continue
+            if trial is None:
+                if not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    return  # nothing waits, nothing runs: the sweep is done
+                self.stop.wait(POLL)  # a running trial may yet be interrupted and enqueued again
+                continue
+            try:
+                if "key" not in trial.user_attrs:
+                    studies.sample_point(self.study, trial, self.spec)
+                if studies.is_duplicate(self.study, trial):
+                    continue
+                self._run_trial(trial)
+            except Exception as err:  # the sweep's own failure (storage, disk): record it on the trial, go on
+                message = f"sweep error: {type(err).__name__}: {err}"
+                print(f"trial {trial.number}: {message}", file=sys.stderr, flush=True)
+                try:
+                    trial.set_user_attr("error", message)
+                    self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                except Exception:
+                    self.stop.set()  # the storage is gone: stop; the same command resumes
+                    raise
+
+    def _run_trial(self, trial: optuna.Trial) -> None:
+        spec = self.spec
+        params = studies.suggest(trial, spec)
+        point, seed = int(trial.user_attrs["point"]), int(trial.user_attrs["seed"])
+        folder = spec.output_dir / "trials" / f"point{point}-seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        trial.set_user_attr("folder", str(folder))
+        result_file = folder / "result.json"
+        result_file.unlink(missing_ok=True)
+        command = self._command(trial, params, seed, folder, result_file)
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(self.threads),
+            "MKL_NUM_THREADS": str(self.threads),
+            "PYTHONUNBUFFERED": "1",
+            "WANDB_RUN_GROUP": spec.name,
+            "WANDB_NAME": f"{spec.name}-point{point}-seed{seed}",
+            "WANDB_TAGS": f"sweep-{spec.name},point-{point},seed-{seed}",
+        }
+        start = time.monotonic()
+        with open(folder / "trial.log", "a", encoding="utf-8") as log:
+            log.write(f"\n===== trial {trial.number} on {studies.HOST}: {shlex.join(command)}\n")
+            log.flush()
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            trial.set_user_attr("process", proc.pid)
+            outcome = self._wait(proc, trial, start)
+        wall = time.monotonic() - start
+        trial.set_user_attr("wall_s", round(wall, 1))
+        if outcome == "interrupted":
+            frozen = self.study._storage.get_trial(trial._trial_id)
+            if studies._fail(self.study, frozen):
+                studies.requeue(self.study, frozen)
+            return
+        result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        value = result.get("value")
+        if result.get("metrics"):
+            trial.set_user_attr("metrics", result["metrics"])
+        if result.get("best_model_path"):
+            trial.set_user_attr("best_model_path", result["best_model_path"])
+        error = outcome or _error_line(folder / "trial.log", proc.returncode)
+        if proc.returncode == 0 and (value is None or not math.isfinite(value)):
+            error = f"{spec.metric} was never logged with a finite value (is it a metric of this task?)"
+        if error:
+            trial.set_user_attr("error", error)
+            self.study.tell(trial, state=TrialState.FAIL)
+        elif result.get("pruned"):
+            trial.set_user_attr("pruned_value", value)
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(trial, value)
+        self._progress(point, seed, value, wall, error, bool(result.get("pruned")))
+
+    def _command(
+        self, trial: optuna.Trial, params: dict[str, Any], seed: int, folder: Path, result_file: Path
+    ) -> list[str]:
+        spec = self.spec
+        settings = {
+            **spec.overrides,
+            **params,
+            "seed_everything": seed,
+            "trainer.default_root_dir": str(folder),
+            "data.test_file": None,  # never the test split during the search (--test_best runs it afterwards)
+        }
+        overlay = folder / "sweep_trial.yaml"
+        overlay.write_text(
+            f"# Trial {trial.number} of sweep {spec.name}: point {trial.user_attrs['point']}, seed {seed}.\n"
+            + overlay_yaml(settings),
+            encoding="utf-8",
+        )
+        callback: dict[str, Any] = {
+            "result_file": str(result_file),
+            "metric": spec.metric,
+            "direction": spec.direction,
+            "sweep": spec.name,
+            "point": int(trial.user_attrs["point"]),
+            "seed": seed,
+        }
+        if spec.pruning:
+            callback.update(storage=spec.storage_url, study_name=spec.name, trial_id=trial._trial_id, **spec.pruning)
+        args = [arg for config in spec.configs for arg in ("--config", str(config))]
+        args += ["--config", str(overlay)]
+        args.append(
+            "--trainer.callbacks+=" + json.dumps({"class_path": "bertft.sweep.trial.SweepTrial", "init_args": callback})
+        )
+        if find_last_checkpoint(folder) is not None:
+            args += ["--ckpt_path", "last"]  # an interrupted attempt left last.ckpt: continue from it
+        (folder / "command.txt").write_text(
+            shlex.join(["python", "-m", "bertft", "fit", *args]) + "\n", encoding="utf-8"
+        )
+        return [sys.executable, "-m", "bertft.sweep.trial", "fit", *args]
+
+    def _wait(self, proc: subprocess.Popen[Any], trial: optuna.Trial, start: float) -> str | None:
+        """Waits for the trial's process with heartbeats; ``"interrupted"``, a timeout message, or ``None``."""
+        beat = time.monotonic()
+        timeout = self.spec.trial_timeout
+        while True:
+            try:
+                proc.wait(timeout=1.0)
+                return None
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() - beat > studies.HEARTBEAT_INTERVAL:
+                self.study._storage.record_heartbeat(trial._trial_id)
+                beat = time.monotonic()
+            if self.stop.is_set():
+                _stop(proc)
+                return "interrupted"
+            if timeout and time.monotonic() - start > timeout:
+                _stop(proc)
+                return f"timed out after {timeout:g} s (trial_timeout)"
+
+    def _progress(
+        self, point: int, seed: int, value: float | None, wall: float, error: str | None, pruned: bool
+    ) -> None:
+        spec = self.spec
+        with self.lock:
+            trials = studies.sweep_trials(self.study)
+            done = len({t.user_attrs["key"] for t in trials if studies.is_active(t) and t.state.is_finished()})
+            what = f"failed: {error}" if error else f"{spec.metric} {value:.4g}" + (" (pruned)" if pruned else "")
+            line = f"trial {done}/{self.total} (point {point}, seed {seed}): {what} in {duration(wall)}"
+            results = point_results(trials)
+            if results:
+                pick = max if spec.direction == "maximize" else min
+                best = pick(results, key=lambda p: sum(p["values"]) / len(p["values"]))
+                values = best["values"]
+                mean = sum(values) / len(values)
+                spread = ""
+                if len(values) > 1:
+                    spread = f" ± {math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)):.2g}"
+                line += (
+                    f"; best so far point {best['point']} ({point_label(best['params'])}): "
+                    f"{mean:.4g}{spread} over {len(values)} seed{'s' * (len(values) > 1)}"
+                )
+            print(line, flush=True)
+            write_report(self.study, spec.output_dir, spec.metric, spec.direction, plot=False)
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM (the fit saves last.ckpt), then SIGKILL after 30 s, to the trial's whole process group."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _error_line(log: Path, returncode: int) -> str | None:
+    """The first line of a failed trial's error, from its log (``bertft: error: ...`` or the exception line)."""
+    if returncode == 0:
+        return None
+    text = log.read_text(encoding="utf-8", errors="replace").split("\n===== trial ")[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("bertft: error:")]
+    if starts:
+        block = lines[starts[-1] :]
+        first = block[0].removeprefix("bertft: error:").strip()
+        # jsonargparse lists why each type of a union failed; the one that is not "Expected a <class ...>" says why
+        reasons = [line[2:] for line in block[1:] if line.startswith("- ") and not line.startswith("- Expected a")]
+        return f"{first}: {reasons[0]}" if reasons else first
+    for line in reversed(lines):
+        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line):
+            return line
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    return lines[-1] if lines else f"exit status {returncode}"
+
+
+def duration(seconds: float) -> str:
+    """``2 min 10 s``, ``1 h 3 min``, ``45 s``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"

@@ -1,0 +1,242 @@
+"""``bertft sweep`` end to end on a tiny random BERT: grids over seeds, exactly-once trials, kill and resume, failures.
+
+Every trial is a real ``python -m bertft fit`` subprocess (as users run it), so each test costs a few process starts;
+the trials themselves are 2 steps on 16 real SST-2 sentences.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from bertft.cli import main
+
+from .test_cli import sst2_rows, write_tsv
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 600  # seconds for one sweep command; each trial takes seconds
+
+
+@pytest.fixture
+def base_config(tmp_path: Path, tiny_bert_dir: Path) -> Path:
+    """A fit config as users write one (CSV logger, checkpoints on) for 2 steps of the tiny BERT."""
+    train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 16))
+    dev = write_tsv(tmp_path / "dev.tsv", sst2_rows("dev", 16))
+    config = {
+        "model": {"encoder": str(tiny_bert_dir), "head": {"class_path": "bertft.heads.MeanHead"}, "lr": 1.0e-3},
+        "data": {
+            "train_file": str(train),
+            "val_file": str(dev),
+            "test_file": str(dev),
+            "quoting": False,
+            "batch_size": 8,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "trainer": {
+            "max_steps": 2,
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {"class_path": "bertft.loggers.CSVLogger", "init_args": {"name": "csv"}},
+        },
+    }
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def write_sweep(tmp_path: Path, base: Path, **fields: object) -> Path:
+    sweep = {"configs": [str(base)], "output_dir": str(tmp_path / "sweep"), **fields}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def sweep_command(path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "bertft", "sweep", "--config", str(path), *extra]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def attempts(folder: Path) -> int:
+    """How many times a trial folder's fit was started (one header line per start in trial.log)."""
+    return (folder / "trial.log").read_text(encoding="utf-8").count("===== trial ")
+
+
+def test_grid_over_seeds_two_workers_on_one_sqlite(tmp_path: Path, base_config: Path) -> None:
+    """2 points x 2 seeds, started as two processes on one storage: every (point, seed) runs exactly once."""
+    path = write_sweep(tmp_path, base_config, space={"model.lr": [1.0e-3, 1.0e-4]}, seeds=[1, 2])
+    procs = [
+        subprocess.Popen(sweep_command(path), env=env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=TIMEOUT)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "(point 1, seed 1): val/acc" in "".join(outputs)
+
+    out = tmp_path / "sweep"
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'sweep.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted((t.user_attrs["point"], t.user_attrs["seed"]) for t in done) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+
+    main(["sweep", "--report", str(out)])  # the report as of now, whichever process finished last
+    trials = read_csv(out / "trials.csv")
+    assert len(trials) == 4
+    assert {(r["point"], r["seed"], r["state"]) for r in trials} == {
+        (p, s, "finished") for p in ("1", "2") for s in ("1", "2")
+    }
+    for row in trials:
+        folder = Path(row["folder"])
+        assert attempts(folder) == 1  # started once, by one of the two processes
+        run = folder / "csv" / "version_0"
+        assert (run / "config.yaml").is_file()
+        assert (run / "metrics.csv").is_file()
+        assert list((run / "checkpoints").glob("best-*.ckpt")), "each trial keeps its best checkpoint"
+        assert "test/" not in (run / "metrics.csv").read_text(), "the search never touches the test split"
+
+    summary = read_csv(out / "summary.csv")
+    assert [r["point"] for r in summary] == ["1", "2"]
+    for row in summary:
+        values = [float(r["val/acc"]) for r in trials if r["point"] == row["point"]]
+        assert int(row["n"]) == 2
+        assert float(row["mean"]) == pytest.approx(np.mean(values), abs=1e-6)
+        assert float(row["sd"]) == pytest.approx(np.std(values, ddof=1), abs=1e-6)
+    assert sum(r["best"] == "true" for r in summary) == 1
+    assert "Best point" in (out / "summary.md").read_text()
+    assert (out / "summary.png").stat().st_size > 1000
+
+
+def test_sigkill_then_resume_runs_no_finished_trial_twice(tmp_path: Path, base_config: Path) -> None:
+    """SIGKILL the sweep after its first finished trial, mid-way through the second; the same command finishes it."""
+    path = write_sweep(tmp_path, base_config, space={"model.lr": [1.0e-3]}, seeds=[0, 1])
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen(sweep_command(path), env=env(), cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + TIMEOUT
+    for line in proc.stdout:  # type: ignore[union-attr]
+        if line.startswith("trial 1/2"):
+            break
+        assert time.monotonic() < deadline
+    second = out / "trials" / "point1-seed1" / "trial.log"
+    while not second.is_file():  # the second trial has started: the kill interrupts it
+        time.sleep(0.2)
+        assert time.monotonic() < deadline
+    time.sleep(2)
+    storage = f"sqlite:///{out / 'sweep.db'}"
+    running = optuna.load_study(study_name="sweep", storage=storage).get_trials(
+        states=(optuna.trial.TrialState.RUNNING,)
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    first = [t for t in optuna.load_study(study_name="sweep", storage=storage).trials if t.state.name == "COMPLETE"]
+    assert [(t.user_attrs["seed"]) for t in first] == [0]
+    for trial in running:  # the trial's own process died with the sweep (no orphaned training)
+        pid = trial.user_attrs.get("process")
+        for _ in range(100):
+            if pid is None or not Path(f"/proc/{pid}").exists() or "Z" in _state(pid):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"trial process {pid} outlived the killed sweep")
+
+    resumed = subprocess.run(
+        sweep_command(path), env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    study = optuna.load_study(study_name="sweep", storage=storage)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(t.user_attrs["seed"] for t in done) == [0, 1]
+    assert done[0].number == first[0].number  # the finished trial was kept, not re-run
+    assert attempts(out / "trials" / "point1-seed0") == 1
+    assert attempts(out / "trials" / "point1-seed1") == 2  # interrupted, then run again
+    states = sorted(r["state"] for r in read_csv(out / "trials.csv"))
+    assert states == ["finished", "finished", "interrupted"]
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def test_invalid_value_fails_and_the_sweep_goes_on(tmp_path: Path, base_config: Path) -> None:
+    """A dropout of 1.5 parses as a float but fails when the head is built: recorded with its message.
+
+    Two workers in one process run the two points at once; ``--test_best`` then tests the finished one.
+    """
+    path = write_sweep(tmp_path, base_config, space={"model.head.init_args.dropout": [0.1, 1.5]}, workers=2)
+    result = subprocess.run(
+        sweep_command(path, "--test_best"), env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    (tmp_path / "sweep.out").write_text(result.stdout + result.stderr)  # kept for a failure's post-mortem
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "failed: " in result.stdout
+    rows = {r["model.head.init_args.dropout"]: r for r in read_csv(tmp_path / "sweep" / "trials.csv")}
+    assert rows["0.1"]["state"] == "finished"
+    assert rows["0.1"]["error"] == ""
+    assert rows["1.5"]["state"] == "failed"
+    assert "dropout=1.5 must be in [0, 1)" in rows["1.5"]["error"]
+    assert len(read_csv(tmp_path / "sweep" / "summary.csv")) == 1
+    assert "Failed trials" in (tmp_path / "sweep" / "summary.md").read_text()
+    tested = read_csv(tmp_path / "sweep" / "test_best.csv")
+    assert [(r["point"], r["seed"]) for r in tested] == [("1", "0")]
+    assert 0 <= float(tested[0]["test/acc"]) <= 1
+    assert "test, best point 1 (dropout=0.1): test/acc" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"space": {"model.lrr": [1.0e-4]}},
+            "space.model.lrr is not a key of the run's config; did you mean 'model.lr'",
+        ),
+        ({"space": {"data.batch_sise": [8]}}, "did you mean 'data.batch_size'"),
+        ({"space": {}}, "space is empty"),
+        ({"space": {"model.lr": {"low": 1.0e-3, "high": 1.0e-5}}, "sampler": "tpe"}, "low 0.001 is greater than high"),
+        ({"space": {"model.lr": [1.0e-4]}, "metric": "val/accuracy"}, "did you mean 'val/acc'"),
+    ],
+)
+def test_bad_sweep_file_one_line_no_trial(
+    tmp_path: Path, base_config: Path, capsys: pytest.CaptureFixture[str], fields: dict, message: str
+) -> None:
+    path = write_sweep(tmp_path, base_config, **fields)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--config", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("bertft sweep: error: sweep file")
+    assert message in err
+    assert not (tmp_path / "sweep").exists(), "nothing may start before the sweep file is checked"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_sweeps_check(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sweep in configs/sweeps/ passes the checks a run makes before its first trial (keys, values, metric)."""
+    from bertft.sweep.spec import load_spec
+    from bertft.sweep.validate import check_spec
+
+    monkeypatch.chdir(ROOT)  # sweep files name their configs from the repository root, as the README runs them
+    spec = load_spec(path)
+    check_spec(spec)
+    assert spec.metric in ("val/acc", "val/spearman")
+    assert spec.direction == "maximize"
+    assert spec.num_points * len(spec.seeds) == 12
