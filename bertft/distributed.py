@@ -79,8 +79,14 @@ def dump_stacks_on_sigusr2() -> None:
     A DDP run that seems stuck is almost always one rank waiting in a collective that another rank never reaches;
     the stack of each rank shows which. Not SIGUSR1: Lightning uses it to requeue SLURM jobs.
     """
-    if hasattr(signal, "SIGUSR2") and threading.current_thread() is threading.main_thread():
-        faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False)
+    if not hasattr(signal, "SIGUSR2") or threading.current_thread() is not threading.main_thread():
+        return
+    for stream in (sys.stderr, sys.__stderr__):  # captured (pytest, notebooks): the process's own stderr
+        try:
+            faulthandler.register(signal.SIGUSR2, file=stream, all_threads=True, chain=False)
+            return
+        except (AttributeError, ValueError, OSError):  # no file descriptor behind it (io.UnsupportedOperation)
+            continue
 
 
 def trace_collectives(folder: str | os.PathLike[str]) -> None:
