@@ -13,12 +13,14 @@ from typing import Any, NoReturn
 
 from jsonargparse import ArgumentParser
 from jsonargparse._common import debug_mode_active
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from bertft import console
 from bertft.allocator import reuse_freed_memory
 from bertft.checks import (
     UnsafeCheckpointError,
@@ -27,6 +29,7 @@ from bertft.checks import (
     is_checkpoint_file,
     read_checkpoint_safely,
 )
+from bertft.console import ProgressLog
 from bertft.data import TextDataModule
 from bertft.distributed import TRACE_ENV, destroy_process_group, dump_stacks_on_sigusr2, trace_collectives
 from bertft.faults import (
@@ -126,6 +129,16 @@ class BertftCLI(LightningCLI):
         # Faults: last.ckpt refreshed mid-epoch with the RNG states, a checkpoint on SIGTERM, a stop on NaN loss.
         parser.add_lightning_class_args(ResumeCheckpoint, "resume")
         parser.add_lightning_class_args(NonFiniteLossStop, "nonfinite")
+        # Progress lines where a live bar cannot draw (stdout not a terminal: files, CI logs, schedulers).
+        parser.add_lightning_class_args(ProgressLog, "progress")
+        # Not `--verbose`: Lightning's `test` and `validate` already have one (print the results table).
+        parser.add_argument(
+            "--show_library_output",
+            type=bool,
+            default=False,
+            help="Also show what other libraries print that bertft hides by default: Lightning's tips, foreign "
+            "deprecation warnings, transformers' weight-loading bars (BERTFT_DEBUG=1 shows them too).",
+        )
 
     def _parse_ckpt_path(self) -> None:
         if self.config.get("subcommand") == "fit" and self.config["fit"].get("ckpt_path") == "last":
@@ -157,6 +170,8 @@ class BertftCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         if config is None:
             return
+        if config.get("show_library_output"):
+            console.unquiet()
         data, model = config["data"], config["model"]
         data = data.get("init_args", data)  # subclass mode: the data module's arguments sit under init_args
         if not data.get("train_file") and not data.get("label_names") and model.get("label_names"):
@@ -179,6 +194,12 @@ class BertftCLI(LightningCLI):
         if getattr(self, "_checkpoint", None) is not None:
             path, saved = self._checkpoint
             check_checkpoint_matches(path, saved, self.model.hparams, str(self.subcommand))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Lightning's trainer, with a model summary that leaves out the FLOPs it did not count."""
+        trainer = super().instantiate_trainer(**kwargs)
+        console.replace_model_summary(trainer)
+        return trainer
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         # Every --ckpt_path loads without unpickling code, whatever torch's default (a `weights_only: null` config).
@@ -222,7 +243,9 @@ class BertftCLI(LightningCLI):
             return
         callback = self.trainer.checkpoint_callback
         best = callback.best_model_path if isinstance(callback, ModelCheckpoint) else ""
-        self.trainer.test(self.model, datamodule=data, ckpt_path="best" if best else None, weights_only=True)
+        # The path itself, not "best": Lightning cannot tell which of several checkpoint callbacks (the best-metric
+        # one and ResumeCheckpoint) "best" means, and warns; this one is the best-metric checkpoint's.
+        self.trainer.test(self.model, datamodule=data, ckpt_path=best or None, weights_only=True)
 
 
 def _cli_kwargs() -> dict[str, Any]:
@@ -281,6 +304,15 @@ def main(args: ArgsType = None, run: bool = True) -> BertftCLI | None:
         run: Run the subcommand; ``False`` only parses and instantiates.
     """
     argv = sys.argv[1:] if args is None else args
+    if not os.environ.get("BERTFT_DEBUG"):
+        console.quiet()  # other libraries' noise; `--show_library_output` puts it back once the arguments are parsed
+    try:
+        return _main(argv, args, run)
+    finally:
+        console.unquiet()
+
+
+def _main(argv: Any, args: ArgsType, run: bool) -> BertftCLI | None:
     if isinstance(argv, list) and argv[:1] == ["export"]:
         from bertft.export import main as export_main
 

@@ -236,12 +236,8 @@ def export(ckpt_path: str | Path, output_dir: str | Path, *, onnx: bool = False,
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m bertft export``: exports a checkpoint; exits with status 2 on a user error.
-
-    Args:
-        argv: Arguments instead of ``sys.argv[1:]``.
-    """
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m bertft export`` (the documentation's commands are checked against it)."""
     parser = argparse.ArgumentParser(
         prog="bertft export",
         description="Export a fine-tuned checkpoint to a folder that bertft.load() and, for a PoolerHead on BERT, "
@@ -251,7 +247,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_dir", required=True, help="Folder to create (must not exist or be empty).")
     parser.add_argument("--onnx", action="store_true", help="Also write model.onnx (encoder + head).")
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output_dir.")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bertft export``: exports a checkpoint; exits with status 2 on a user error.
+
+    Args:
+        argv: Arguments instead of ``sys.argv[1:]``.
+    """
+    args = build_parser().parse_args(argv)
     try:
         folder = export(args.ckpt_path, args.output_dir, onnx=args.onnx, overwrite=args.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:

@@ -1,7 +1,7 @@
 """Draws docs/dashboard.png from a run's own logged metrics (the CSV logger's ``metrics.csv``).
 
-The picture in the README's "Dashboards" section came from this short real run (MiniLM, weighted-layer head, SST-2;
-``mix_lr`` raised from 1e-3 so the layer weights move visibly within 150 steps):
+The picture in the Dashboards guide (docs/guides/dashboards.md) came from this short real run (MiniLM, weighted-layer
+head, SST-2; ``mix_lr`` raised from 1e-3 so the layer weights move visibly within 150 steps):
 
     python -m bertft fit --config configs/quickstart.yaml --config configs/heads/weighted.yaml \
         --config configs/loggers/csv.yaml --trainer.max_steps=150 --trainer.val_check_interval=25 \

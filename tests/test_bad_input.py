@@ -1,4 +1,4 @@
-"""Bad input through the real entry point: one test per row of README's "Bad input" table.
+"""Bad input through the real entry point: one test per row of the "Bad input" table (docs/guides/bad-input.md).
 
 Each asserts a non-zero exit, one paragraph on stderr that names the file, line, key or value (no traceback), and
 that nothing is left in the output folder: no checkpoint, no predictions, no half-written run.

@@ -124,12 +124,12 @@ def test_fit_test_predict_end_to_end_on_real_data(tmp_path: Path) -> None:
         "--data.quoting=false",
         "--data.batch_size=16",
         f"--data.cache_dir={tmp_path / 'cache'}",
-        "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={tmp_path / 'run'}",
     ]
+    # The progress bar as shipped: stdout is a pipe here, as in a CI log, so progress comes as lines.
     fit = subprocess.run(
         [sys.executable, "-m", "bertft", "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
-         "--trainer.max_steps=20", *common],
+         "--trainer.max_steps=20", "--progress.every_n_steps=10", "--progress.every_n_seconds=0", *common],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert fit.returncode == 0, fit.stderr[-3000:]
@@ -140,6 +140,14 @@ def test_fit_test_predict_end_to_end_on_real_data(tmp_path: Path) -> None:
     configs = list((tmp_path / "run").rglob("config.yaml"))
     assert configs, "the resolved config is saved beside the checkpoints"
     assert "test/acc" in fit.stdout  # fit reports the test metrics of the best checkpoint
+    assert "step 10/20 | epoch 0 | loss " in fit.stdout
+    assert "step 20/20 | epoch 0 | loss " in fit.stdout
+    console = fit.stdout + fit.stderr
+    assert "train (" in console  # bertft's own lines stay
+    # Other libraries' noise does not: Lightning's tips, a foreign deprecation warning, an empty FLOPs column,
+    # transformers' loading bars, and the warning that "best" is ambiguous with two checkpoint callbacks.
+    for noise in ("Tip:", "LeafSpec", "FLOPs", "Loading weights", "multiple `ModelCheckpoint`"):
+        assert noise not in console, noise
 
     best = next(p for p in ckpts if p.name.startswith("best-"))
     model = FineTuner.load_from_checkpoint(best, map_location="cpu", weights_only=True)
@@ -150,7 +158,8 @@ def test_fit_test_predict_end_to_end_on_real_data(tmp_path: Path) -> None:
     out_file = tmp_path / "preds.csv"
     pred = subprocess.run(
         [sys.executable, "-m", "bertft", "predict", "--config", str(configs[0]), f"--ckpt_path={best}",
-         f"--data.predict_file={predict_in}", f"--prediction.output_file={out_file}", *common],
+         f"--data.predict_file={predict_in}", f"--prediction.output_file={out_file}",
+         "--trainer.enable_progress_bar=false", *common],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert pred.returncode == 0, pred.stderr[-3000:]
