@@ -255,7 +255,7 @@ class Slow:
     def write(self, text):
         for i in range(0, len(text), 4096):
             self.f.write(text[i : i + 4096]); self.f.flush()
-            if i == 40960: sys.stdout.write("writing\n"); sys.stdout.flush()  # one write: print's two interleave
+            if i == 40960: sys.stdout.write("writing\\n"); sys.stdout.flush()  # one write: print's two interleave
             time.sleep(0.001)
 
 io.os.fdopen = lambda *a, **k: Slow(real_fdopen(*a, **k))
