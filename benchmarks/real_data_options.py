@@ -40,7 +40,8 @@ SST2 = ROOT / "bertft" / "bundled" / "sst2"
 NG20 = ROOT.parent / "shared" / "data" / "20ng"
 if not NG20.is_dir():
     NG20 = Path("/work/shared/data/20ng")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+# One thread: on a shared 2-core machine two threads per run spend their time waiting for each other.
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
 def bertft(*args: str) -> tuple[float, str]:
@@ -114,7 +115,7 @@ def scores(predictions: Path, gold: list[str]) -> dict[str, float]:
     return {"macro_f1": statistics.mean(f1s), "pos_recall": recall["1"], "neg_recall": recall["0"], "acc": acc}
 
 
-def imbalance(seeds: list[int], steps: int) -> None:
+def imbalance(seeds: list[int], steps: int, batch_size: int, max_length: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="bertft-imbalance-"))
     train = imbalanced_sst2(work)
     gold = [line.split("\t")[1] for line in (SST2 / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]]
@@ -123,19 +124,22 @@ def imbalance(seeds: list[int], steps: int) -> None:
             out = work / f"{weights}-{seed}"
             wall, _ = bertft(
                 "fit", *common(out, seed), f"--data.train_file={train}", "--data.quoting=false",
-                f"--model.class_weights={weights}", f"--trainer.max_steps={steps}", "--data.batch_size=32",
+                f"--model.class_weights={weights}", f"--trainer.max_steps={steps}", f"--data.batch_size={batch_size}",
+                f"--data.max_length={max_length}",
             )  # fmt: skip
             ckpt = next(out.rglob("last.ckpt"))
             predictions = out / "predictions.csv"
             bertft(
                 "predict", "--model.encoder=minilm", "--data.predict_file=bundled://sst2/test.tsv",
                 "--data.quoting=false", f"--ckpt_path={ckpt}", f"--prediction.output_file={predictions}",
+                f"--data.max_length={max_length}",
                 "--trainer.logger=false", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={out}",
                 f"--data.cache_dir={work / 'cache'}",
             )  # fmt: skip
             state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
             weight = state.get("class_weight")
             record({"experiment": "imbalance", "seed": seed, "class_weights": weights, "steps": steps,
+                    "batch_size": batch_size, "max_length": max_length,
                     "class_weight": weight.tolist() if weight is not None else None, "fit_s": round(wall, 1),
                     **scores(predictions, gold)})  # fmt: skip
 
@@ -143,9 +147,9 @@ def imbalance(seeds: list[int], steps: int) -> None:
 # ----- long documents ----------------------------------------------------------------------------------------------
 
 
-def subset(source: Path, n: int, target: Path) -> Path:
+def subset(source: Path, n: int, target: Path, classes: list[str] | None) -> Path:
     with source.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if classes is None or r["label"] in classes]
     chosen = random.Random(0).sample(rows, n)
     with target.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["text", "label"])
@@ -161,21 +165,22 @@ LONG_ARMS = {
 }
 
 
-def long_docs(train_docs: int, test_docs: int, epochs: int, arms: list[str]) -> None:
+def long_docs(train_docs: int, test_docs: int, epochs: int, arms: list[str], classes: list[str] | None) -> None:
     work = Path(tempfile.mkdtemp(prefix="bertft-20ng-"))
-    train = subset(NG20 / "train.csv", train_docs, work / "train.csv")
-    test = subset(NG20 / "test.csv", test_docs, work / "test.csv")
+    train = subset(NG20 / "train.csv", train_docs, work / "train.csv", classes)
+    test = subset(NG20 / "test.csv", test_docs, work / "test.csv", classes)
     for name in arms:
         out = work / name.replace(" ", "_").replace("(", "").replace(")", "")
         wall, err = bertft(
             "fit", *common(out, 0), f"--data.train_file={train}", f"--data.test_file={test}", "--data.text_column=text",
-            "--data.batch_size=16", f"--trainer.max_epochs={epochs}", "--model.lr=1.0e-4", *LONG_ARMS[name],
+            "--data.batch_size=8", f"--trainer.max_epochs={epochs}", "--model.lr=1.0e-4", *LONG_ARMS[name],
         )  # fmt: skip
         metrics = last_metrics(out)
         summary = [line for line in err.splitlines() if line.startswith(("train (", "test ("))]
         record({"experiment": "long_docs", "arm": name, "train_docs": train_docs, "test_docs": test_docs,
-                "epochs": epochs, "steps": int(metrics.get("step", 0)) + 1, "test_acc": metrics.get("test/acc"),
-                "test_f1": metrics.get("test/f1"), "fit_s": round(wall, 1), "data": summary})  # fmt: skip
+                "classes": classes or "all 20", "epochs": epochs, "steps": int(metrics.get("step", 0)) + 1,
+                "test_acc": metrics.get("test/acc"), "test_f1": metrics.get("test/f1"), "fit_s": round(wall, 1),
+                "data": summary})  # fmt: skip
 
 
 # ----- split reproducibility ---------------------------------------------------------------------------------------
@@ -239,18 +244,21 @@ def main() -> None:
     p = sub.add_parser("imbalance")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128)
     p = sub.add_parser("long_docs")
     p.add_argument("--train-docs", type=int, default=600)
     p.add_argument("--test-docs", type=int, default=400)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--arms", nargs="+", default=list(LONG_ARMS))
+    p.add_argument("--classes", nargs="+", default=None, help="keep only these newsgroups (default: all 20)")
     sub.add_parser("split")
     sub.add_parser("table")
     args = parser.parse_args()
     if args.experiment == "imbalance":
-        imbalance(args.seeds, args.steps)
+        imbalance(args.seeds, args.steps, args.batch_size, args.max_length)
     elif args.experiment == "long_docs":
-        long_docs(args.train_docs, args.test_docs, args.epochs, args.arms)
+        long_docs(args.train_docs, args.test_docs, args.epochs, args.arms, args.classes)
     elif args.experiment == "split":
         split()
     else:
