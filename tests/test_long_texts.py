@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
 import torch
 
 from bertft import tasks
@@ -12,6 +13,8 @@ from bertft.cli import main
 from bertft.data import LengthSortedSampler, TextDataModule, load_tokenizer
 
 from .test_cli import quick_args, sst2_rows, write_tsv
+from .test_distributed import free_port
+from .test_distributed import run as run_worker
 
 
 def long_rows(n: int) -> list[tuple[str, str]]:
@@ -93,3 +96,22 @@ def test_test_and_predict_count_texts_not_windows(tmp_path: Path, tiny_bert_dir:
     assert [r["sentence"] for r in written] == [t for t, _ in long_rows(36)[24:]]  # one row per text, in order
     probs = torch.tensor([[float(r["prob_0"]), float(r["prob_1"])] for r in written])
     assert torch.allclose(probs, torch.softmax(merged, dim=-1), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ddp_validation_counts_each_windowed_text_once(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    # 25 texts (odd: the ranks get unequal shares) of 2 to 8 windows; the same untrained model validated by 1 and 2
+    # processes. Texts split across ranks would be merged from partial windows and counted twice.
+    val = write_tsv(tmp_path / "val.tsv", long_rows(25))
+    args = [
+        "validate", f"--model.encoder={tiny_bert_dir}", f"--data.train_file={val}", f"--data.val_file={val}",
+        "--data.quoting=false", "--data.max_length=12", "--data.long_texts=windows", "--data.stride=2",
+        "--data.eval_batch_size=4", "--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false", f"--data.cache_dir={tmp_path / 'cache'}",
+    ]  # fmt: skip
+    one = main([*args, f"--trainer.default_root_dir={tmp_path / '1'}"]).trainer.callback_metrics
+    ddp = ["--trainer.devices=2", "--trainer.strategy=ddp", f"--trainer.default_root_dir={tmp_path / '2'}"]
+    ranks = [r["metrics"] for r in run_worker([*args, *ddp], env={"MASTER_PORT": str(free_port())})]
+    assert len(ranks) == 2
+    for key in ("val/acc", "val/f1", "val/mcc"):
+        assert ranks[0][key] == ranks[1][key] == pytest.approx(float(one[key]), abs=1e-6), key
