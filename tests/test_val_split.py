@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bertft.cli import main
-from bertft.data import DataError, TextDataModule
+from bertft.data import DataError, TextDataModule, TokenDataModule
 from bertft.data.split import hold_out
 
 from .test_cli import quick_args, sst2_rows, write_tsv
@@ -111,3 +111,17 @@ def test_fit_validate_and_resume_hold_out_the_same_rows(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "the checkpoint was trained holding out 40 validation rows (val_fraction=0.2, seed=5)" in err
+
+
+def test_token_data_module_holds_out_whole_sentences(tmp_path: Path) -> None:
+    source = (Path(__file__).resolve().parents[1] / "bertft" / "bundled" / "conll2003" / "dev.txt").read_text()
+    blocks = [b for b in source.split("\n\n") if b.strip() and "-DOCSTART-" not in b][:40]
+    path = tmp_path / "train.txt"
+    path.write_text("\n\n".join(blocks) + "\n")
+    dm = TokenDataModule(train_file=str(path), val_fraction=0.25, max_length=12, stride=4, cache_dir=str(tmp_path))
+    dm.setup("fit")
+    train_rows, val_rows = rows(dm, "train"), rows(dm, "val")
+    assert len(val_rows) == 10
+    assert dm.datasets["train"].num_rows > len(train_rows)  # long sentences were cut into windows
+    assert not train_rows & val_rows  # ...whose windows all land on one side
+    assert train_rows | val_rows == set(range(40))
