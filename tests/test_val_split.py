@@ -35,7 +35,7 @@ def test_held_out_rows_are_stratified_seeded_disjoint_and_cached(
     with caplog.at_level(logging.INFO):
         dm = make(train, tmp_path, val_fraction=0.1, seed=1)
         dm.setup("fit")
-    assert f"val: 10% of {train}, stratified, 20 rows (train keeps 180)" in caplog.messages
+    assert f"val: 10% of {train}, stratified, 20 rows (train keeps 180; rows {dm._held_out.digest})" in caplog.messages
     train_rows, val_rows = rows(dm, "train"), rows(dm, "val")
     assert len(val_rows) == 20
     assert not train_rows & val_rows
@@ -49,6 +49,9 @@ def test_held_out_rows_are_stratified_seeded_disjoint_and_cached(
     again = make(train, tmp_path, val_fraction=0.1, seed=1)
     again.setup("fit")
     assert rows(again, "val") == val_rows
+    drawn_again = make(train, tmp_path / "fresh", val_fraction=0.1, seed=1)  # no cache: drawn anew, the same
+    drawn_again.setup("fit")
+    assert rows(drawn_again, "val") == val_rows
     other = make(train, tmp_path, val_fraction=0.1, seed=2)
     other.setup("fit")
     assert rows(other, "val") != val_rows
@@ -77,7 +80,7 @@ def test_regression_data_module_splits_at_random(tmp_path: Path, caplog: pytest.
     with caplog.at_level(logging.INFO):
         dm = make(Path(path), tmp_path, task="regression", val_fraction=0.25)
         dm.setup("fit")
-    assert any(", random, 10 rows (train keeps 30)" in m for m in caplog.messages)
+    assert any(", random, 10 rows (train keeps 30; rows " in m for m in caplog.messages)
 
 
 def test_fit_validate_and_resume_hold_out_the_same_rows(

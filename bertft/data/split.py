@@ -108,8 +108,8 @@ def hold_out(
 
 
 def describe(held: HeldOut, val_fraction: float, path: str) -> str:
-    """``val: 10% of train.csv, stratified, 1,000 rows (train keeps 9,000)``."""
+    """``val: 10% of train.csv, stratified, 1,000 rows (train keeps 9,000; rows 3f2a...)``: the hash compares runs."""
     share = f"{val_fraction:g} rows" if isinstance(val_fraction, int) else f"{val_fraction * 100:g}%"
     how = "stratified" if held.stratified else "random"
     rest = held.total - len(held.rows)
-    return f"val: {share} of {path}, {how}, {len(held.rows):,} rows (train keeps {rest:,})"
+    return f"val: {share} of {path}, {how}, {len(held.rows):,} rows (train keeps {rest:,}; rows {held.digest})"
