@@ -165,22 +165,41 @@ LONG_ARMS = {
 }
 
 
-def long_docs(train_docs: int, test_docs: int, epochs: int, arms: list[str], classes: list[str] | None) -> None:
+def long_docs(
+    train_docs: int, test_docs: int, epochs: int, arms: list[str], classes: list[str] | None, seed: int = 0
+) -> None:
     work = Path(tempfile.mkdtemp(prefix="bertft-20ng-"))
     train = subset(NG20 / "train.csv", train_docs, work / "train.csv", classes)
     test = subset(NG20 / "test.csv", test_docs, work / "test.csv", classes)
     for name in arms:
         out = work / name.replace(" ", "_").replace("(", "").replace(")", "")
         wall, err = bertft(
-            "fit", *common(out, 0), f"--data.train_file={train}", f"--data.test_file={test}", "--data.text_column=text",
-            "--data.batch_size=8", f"--trainer.max_epochs={epochs}", "--model.lr=1.0e-4", *LONG_ARMS[name],
+            "fit", *common(out, seed), f"--data.train_file={train}", f"--data.test_file={test}",
+            "--data.text_column=text", "--data.batch_size=8", f"--trainer.max_epochs={epochs}", "--model.lr=1.0e-4",
+            *LONG_ARMS[name],
         )  # fmt: skip
         metrics = last_metrics(out)
         summary = [line for line in err.splitlines() if line.startswith(("train (", "test ("))]
-        record({"experiment": "long_docs", "arm": name, "train_docs": train_docs, "test_docs": test_docs,
+        record({"experiment": "long_docs", "arm": name, "seed": seed, "train_docs": train_docs, "test_docs": test_docs,
                 "classes": classes or "all 20", "epochs": epochs, "steps": int(metrics.get("step", 0)) + 1,
                 "test_acc": metrics.get("test/acc"), "test_f1": metrics.get("test/f1"), "fit_s": round(wall, 1),
                 "data": summary})  # fmt: skip
+
+
+def retest(work: Path, test_docs: int, classes: list[str] | None) -> None:
+    """Tests each arm's last checkpoint (in ``work``, from ``long_docs``) on a larger test subset."""
+    test = subset(NG20 / "test.csv", test_docs, work / f"test-{test_docs}.csv", classes)
+    for name in LONG_ARMS:
+        out = work / name.replace(" ", "_").replace("(", "").replace(")", "")
+        ckpt = next(out.rglob("last.ckpt"))
+        wall, _ = bertft(
+            "test", *common(out / f"test-{test_docs}", 0), f"--data.test_file={test}", "--data.text_column=text",
+            "--data.batch_size=8", *LONG_ARMS[name], f"--ckpt_path={ckpt}",
+        )  # fmt: skip
+        metrics = last_metrics(out / f"test-{test_docs}")
+        record({"experiment": "long_docs_retest", "arm": name, "test_docs": test_docs,
+                "classes": classes or "all 20", "test_acc": metrics.get("test/acc"), "test_f1": metrics.get("test/f1"),
+                "test_s": round(wall, 1)})  # fmt: skip
 
 
 # ----- split reproducibility ---------------------------------------------------------------------------------------
@@ -193,29 +212,32 @@ def split() -> None:
     train.write_text("\n".join(lines) + "\n", encoding="utf-8")
     base = ["--data.quoting=false", f"--data.train_file={train}", "--data.val_fraction=0.1", "--data.batch_size=32"]
 
-    def held_line(err: str) -> str:
-        return next(line for line in err.splitlines() if line.startswith("val: "))
+    def logged(err: str) -> str:
+        """The held-out rows' hash, from the `val: ...; rows <hash>)` line."""
+        line = next(line for line in err.splitlines() if line.startswith("val: "))
+        return line.rsplit("rows ", 1)[1].rstrip(")")
+
+    def saved(out: Path) -> str:
+        newest = max(out.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+        state = torch.load(newest, map_location="cpu", weights_only=True)
+        return next(v for k, v in state.items() if k.endswith("TextDataModule"))["val_split"]["digest"]
 
     out = work / "fit"
     _, err = bertft("fit", *common(out, 3), *base, "--trainer.max_steps=20", "--trainer.val_check_interval=10")
-    ckpt = next(out.rglob("last.ckpt"))
-    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-    state = next(v for k, v in saved.items() if k.endswith("TextDataModule"))["val_split"]
-    fit_val = last_metrics(out).get("val/acc")
-    runs = [{"step": "fit (seed 3)", "digest": state["digest"], "rows": state["rows"], "log": held_line(err),
-             "val_acc": fit_val}]  # fmt: skip
-    _, err = bertft("validate", *common(work / "validate", 3), *base, f"--ckpt_path={ckpt}")
-    runs.append({"step": "validate from last.ckpt", "log": held_line(err),
-                 "val_acc": last_metrics(work / "validate").get("val/acc")})  # fmt: skip
-    _, err = bertft("fit", *common(out, 3), *base, "--trainer.max_steps=40", "--trainer.val_check_interval=10",
+    ckpt = max(out.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    runs = [{"step": "fit, seed 3", "logged": logged(err), "checkpoint": saved(out),
+             "val_acc": last_metrics(out).get("val/acc")}]  # fmt: skip
+    fresh = work / "validate"  # its own cache folder: the split is drawn again, not read back
+    _, err = bertft("validate", *common(fresh, 3), *base, f"--data.cache_dir={work / 'fresh-cache'}",
                     f"--ckpt_path={ckpt}")  # fmt: skip
-    newest = max(out.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
-    resumed = torch.load(newest, map_location="cpu", weights_only=True)
-    digest = next(v for k, v in resumed.items() if k.endswith("TextDataModule"))["val_split"]["digest"]
-    runs.append({"step": "fit resumed from last.ckpt", "digest": digest, "log": held_line(err)})
+    runs.append({"step": "validate from last.ckpt, empty cache", "logged": logged(err),
+                 "val_acc": last_metrics(fresh).get("val/acc")})  # fmt: skip
+    _, err = bertft("fit", *common(out, 3), *base, "--trainer.max_steps=30", "--trainer.val_check_interval=10",
+                    f"--ckpt_path={ckpt}")  # fmt: skip
+    runs.append({"step": "fit resumed from last.ckpt", "logged": logged(err), "checkpoint": saved(out)})
     _, err = bertft("fit", *common(work / "other", 4), *base, "--trainer.max_steps=1")
-    runs.append({"step": "fit with seed 4 (control)", "log": held_line(err)})
-    record({"experiment": "split", "train_rows": 2000, "runs": runs})
+    runs.append({"step": "fit, seed 4 (control)", "logged": logged(err)})
+    record({"experiment": "split", "train_rows": 2000, "val_fraction": 0.1, "runs": runs})
 
 
 def table() -> None:
@@ -252,13 +274,20 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--arms", nargs="+", default=list(LONG_ARMS))
     p.add_argument("--classes", nargs="+", default=None, help="keep only these newsgroups (default: all 20)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (the document subsets always use seed 0)")
+    p = sub.add_parser("retest")
+    p.add_argument("work", type=Path, help="the long_docs run's folder (/tmp/bertft-20ng-...)")
+    p.add_argument("--test-docs", type=int, default=400)
+    p.add_argument("--classes", nargs="+", default=None)
     sub.add_parser("split")
     sub.add_parser("table")
     args = parser.parse_args()
     if args.experiment == "imbalance":
         imbalance(args.seeds, args.steps, args.batch_size, args.max_length)
     elif args.experiment == "long_docs":
-        long_docs(args.train_docs, args.test_docs, args.epochs, args.arms, args.classes)
+        long_docs(args.train_docs, args.test_docs, args.epochs, args.arms, args.classes, args.seed)
+    elif args.experiment == "retest":
+        retest(args.work, args.test_docs, args.classes)
     elif args.experiment == "split":
         split()
     else:
