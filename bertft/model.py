@@ -264,9 +264,9 @@ class FineTuner(L.LightningModule):
 
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         weight = getattr(self, "class_weight", None)
-        if weight is not None and not bool(weight.any()):  # `balanced` not computed: no fit has run (validate alone)
-            weight = None
-        return tasks.loss(self.task, logits, labels, weight)
+        if weight is None or not bool(weight.any()):  # none, or `balanced` not computed (no fit has run: validate)
+            return tasks.loss(self.task, logits, labels)
+        return tasks.loss(self.task, logits, labels, weight=weight)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """One optimiser step's loss."""
