@@ -40,10 +40,12 @@ from bertft.faults import (
     log_resume,
     resume_message,
 )
+from bertft.freezing import LayerFreezing
 from bertft.loggers import ConfigToLoggers, finish_loggers
 from bertft.model import FineTuner
 from bertft.precision import default_precision
 from bertft.prediction import PredictionWriter
+from bertft.stopping import EarlyStopping
 from bertft.tasks import PRIMARY_METRIC
 from bertft.tracking import LearningRateMonitor, Tracker
 
@@ -96,6 +98,10 @@ def _monitor(task: str) -> str:
     return "val/" + PRIMARY_METRIC.get(task, "loss")
 
 
+def _mode(task: str) -> str:
+    return "max" if task in PRIMARY_METRIC else "min"  # every primary metric is higher-is-better; loss is not
+
+
 class BertftCLI(LightningCLI):
     """LightningCLI with bertft's links: the encoder is named once, labels flow from the data to the model."""
 
@@ -139,6 +145,11 @@ class BertftCLI(LightningCLI):
             help="Also show what other libraries print that bertft hides by default: Lightning's tips, foreign "
             "deprecation warnings, transformers' weight-loading bars (BERTFT_DEBUG=1 shows them too).",
         )
+        # Off until configured (configs/callbacks/): early stopping on the task's metric, partial/gradual freezing.
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.link_arguments("model.task", "early_stopping.monitor", compute_fn=_monitor)
+        parser.link_arguments("model.task", "early_stopping.mode", compute_fn=_mode)
+        parser.add_lightning_class_args(LayerFreezing, "freezing")
 
     def _parse_ckpt_path(self) -> None:
         if self.config.get("subcommand") == "fit" and self.config["fit"].get("ckpt_path") == "last":
@@ -224,12 +235,17 @@ class BertftCLI(LightningCLI):
         Without validation data there is no metric to pick a best checkpoint by. The output folder must be writable
         and its disk must have room for the checkpoints kept (:func:`bertft.checks.check_output_folder`).
         """
-        if not self.datamodule.hparams.get("val_file"):
+        if not getattr(self.datamodule, "has_val", self.datamodule.hparams.get("val_file")):
             for callback in self.trainer.callbacks:
                 if isinstance(callback, ModelCheckpoint) and callback.monitor:
-                    rank_zero_warn(f"no data.val_file: no best checkpoint by {callback.monitor}; last.ckpt is kept")
+                    rank_zero_warn(
+                        f"no data.val_file or val_fraction: no best checkpoint by {callback.monitor}; last.ckpt is kept"
+                    )
                     callback.monitor = None
                     callback.save_top_k = 1
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, EarlyStopping) and callback.enabled:
+                    rank_zero_warn("no data.val_file or val_fraction: early stopping has no metric to watch")
         if self.trainer.is_global_zero:  # rank 0 writes every checkpoint
             check_output_folder(self.trainer, self.model)
         strategy = self.trainer.strategy
@@ -374,5 +390,19 @@ def _resolve_last_checkpoint(config: Any) -> None:
 
 
 def _fail(err: BaseException) -> Any:
-    sys.stderr.write(f"bertft: error: {err}\n(set BERTFT_DEBUG=1 for the full traceback)\n")
+    sys.stderr.write(f"bertft: error: {_reason(err)}\n(set BERTFT_DEBUG=1 for the full traceback)\n")
     sys.exit(2)
+
+
+def _reason(err: BaseException) -> str:
+    """The error's own message; for a data module's ``__init__`` error, without jsonargparse's wrapping.
+
+    The data section is a ``class_path`` union (any data module, or none), so jsonargparse reports a refusal there as
+    "Does not validate against any of the Union subtypes", the whole parsed section and one line per subtype; the
+    data module's line is the one the user needs.
+    """
+    text = str(err)
+    if not text.startswith("Does not validate against any of the Union subtypes"):
+        return text
+    reasons = [line[4:] for line in text.splitlines() if line.startswith("  - ") and "NoneType" not in line]
+    return "\n".join(reasons) if reasons else text

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -86,6 +88,12 @@ class FineTuner(L.LightningModule):
             norm; the token matrix alone is 11.7 M of MiniLM's 22.7 M weights) fixed while its transformer layers
             train. A recipe change that saves the embeddings' gradients, their AdamW update and state (3 x 47 MB for
             MiniLM) and the first layer's input gradient (``configs/speed/fast.yaml``).
+        class_weights: Weigh the loss by class, against class imbalance: ``balanced`` (inverse frequency over the
+            training split, computed once when ``fit`` starts; for multilabel, each label's negatives / positives as
+            its ``pos_weight``), a list of one weight per class in ``label_names`` order (multilabel: per label's
+            positive term), or ``null`` (unweighted). Checkpoints keep the weights.
+        window_pooling: With ``data.long_texts: windows``: how a long text's windows merge into its one prediction
+            in validation, test and predict: ``mean`` or ``max`` of their logits.
     """
 
     def __init__(
@@ -112,6 +120,8 @@ class FineTuner(L.LightningModule):
         trust_remote_code: bool = False,
         encoder_dropout: float | None = None,
         freeze_embeddings: bool = False,
+        class_weights: Literal["balanced"] | list[float] | None = None,
+        window_pooling: Literal["mean", "max"] = "mean",
     ) -> None:
         super().__init__()
         if isinstance(head, dict):  # a checkpoint saved from Python keeps the head as its config
@@ -122,6 +132,9 @@ class FineTuner(L.LightningModule):
             raise ValueError(f"warmup_ratio={warmup_ratio} must be in [0, 1)")
         if encoder_dropout is not None and not 0.0 <= encoder_dropout < 1.0:
             raise ValueError(f"encoder_dropout={encoder_dropout} must be in [0, 1), or null for the checkpoint's own")
+        tasks.check_class_weights(task, num_outputs, class_weights)
+        if window_pooling not in ("mean", "max"):
+            raise ValueError(f"window_pooling={window_pooling!r}: choose 'mean' or 'max'")
 
         self.save_hyperparameters(ignore=["head"])
         self.hparams["head"] = head.config
@@ -169,6 +182,11 @@ class FineTuner(L.LightningModule):
         metrics = tasks.metrics(task, num_outputs, threshold, self.label_names)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        if class_weights is not None:
+            # A buffer, so checkpoints carry the weights; all zeros until `balanced` is computed from the data.
+            given = torch.zeros(num_outputs) if class_weights == "balanced" else torch.tensor(class_weights)
+            self.register_buffer("class_weight", given.float())
+        self._windows: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {}  # eval windows waiting to be merged
 
     # --- what users read -----------------------------------------------------------------------------------------
 
@@ -241,20 +259,70 @@ class FineTuner(L.LightningModule):
 
     # --- Lightning hooks -------------------------------------------------------------------------------------------
 
+    def setup(self, stage: str) -> None:
+        """Computes ``balanced`` class weights from the data's training split when ``fit`` starts.
+
+        A resumed run computes them again from the same split, then the checkpoint's copy is loaded over them.
+        """
+        if stage != "fit" or self.hparams.get("class_weights") != "balanced":
+            return
+        data = self.trainer.datamodule if self.trainer is not None else None
+        if not hasattr(data, "label_counts"):
+            raise ValueError("class_weights: balanced needs a bertft data module (its label_counts) to count classes")
+        counts, total = data.label_counts(), data.num_train_examples()
+        weights = tasks.balanced_weights(self.task, counts, total, self.label_names)
+        self.class_weight.copy_(weights)
+        shown = ", ".join(f"{name} {w:.3g}" for name, w in zip(self.label_names, weights.tolist(), strict=True))
+        rank_zero_info(f"class weights (balanced over {total:,} training examples): {shown}")
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        weight = getattr(self, "class_weight", None)
+        if weight is None or not bool(weight.any()):  # none, or `balanced` not computed (no fit has run: validate)
+            return tasks.loss(self.task, logits, labels)
+        return tasks.loss(self.task, logits, labels, weight=weight)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """One optimiser step's loss."""
-        loss = tasks.loss(self.task, self(batch), batch["labels"])
+        loss = self._loss(self(batch), batch["labels"])
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         logits = self(batch)
         size = batch["input_ids"].shape[0]
-        self.log(f"{stage}/loss", tasks.loss(self.task, logits, batch["labels"]), batch_size=size, sync_dist=True)
+        self.log(f"{stage}/loss", self._loss(logits, batch["labels"]), batch_size=size, sync_dist=True)
+        if "window" in batch:  # windows of long texts: metrics wait for every window of a text (epoch end)
+            self._windows.setdefault(stage, []).append((batch["row"], logits.detach().float(), batch["labels"]))
+            return logits.detach()
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(*tasks.metric_inputs(self.task, logits, batch["labels"], batch))
         self.log_dict(metrics, batch_size=size, prog_bar=stage == "val")
         return logits.detach()
+
+    def _log_merged_windows(self, stage: str) -> None:
+        """Merges each text's windows into one prediction and logs the metrics over texts, not windows.
+
+        The data module puts every window of a text on one rank, so each rank merges its own texts; computing the
+        metrics then syncs them across ranks, counting each text once.
+        """
+        parts = self._windows.pop(stage, [])
+        if not parts:
+            return
+        rows, logits, labels = (torch.cat(p) for p in zip(*parts, strict=True))
+        _, merged, first = tasks.merge_windows(rows, logits, self.hparams["window_pooling"])
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(*tasks.metric_inputs(self.task, merged, labels[first]))
+        values = metrics.compute()
+        metrics.reset()
+        self.log_dict(values, prog_bar=stage == "val")
+
+    def on_validation_epoch_end(self) -> None:
+        """Logs the metrics of windowed long texts, merged per text."""
+        self._log_merged_windows("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Logs the metrics of windowed long texts, merged per text."""
+        self._log_merged_windows("test")
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Accumulates validation metrics (logged as ``val/...``); returns the logits for callbacks to read."""
@@ -269,18 +337,21 @@ class FineTuner(L.LightningModule):
 
         For ``token``: ``row``, ``word`` and ``probs`` for each word whose prediction the batch holds.
         """
+        if "window" in batch:  # PredictionWriter merges each text's windows once every batch is in
+            return {"row": batch["row"], "logits": self(batch).detach().float()}
         out = tasks.outputs(self.task, self(batch), batch)
         if "row" in batch and "row" not in out:
             out["row"] = batch["row"]
         return out
 
-    def build_optimizer(self) -> Optimizer:
-        """AdamW over this model's parameter groups (no-decay, layer-wise decay, head and mixing learning rates).
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The trainable parameters' optimiser groups: no-decay, layer-wise decay, head and mixing learning rates.
 
-        What ``configure_optimizers`` trains with, without the schedule; for loops written by hand around the model.
+        Frozen parameters are left out; :class:`~bertft.freezing.LayerFreezing` adds them with these same settings
+        when it unfreezes them.
         """
         hp = self.hparams
-        groups = parameter_groups(
+        return parameter_groups(
             self.encoder,
             self.head,
             lr=hp["lr"],
@@ -289,7 +360,14 @@ class FineTuner(L.LightningModule):
             weight_decay=hp["weight_decay"],
             layer_lr_decay=hp["layer_lr_decay"],
         )
-        return make_optimizer(groups, tuple(hp["betas"]), hp["eps"], hp["fused"])
+
+    def build_optimizer(self) -> Optimizer:
+        """AdamW over this model's parameter groups (no-decay, layer-wise decay, head and mixing learning rates).
+
+        What ``configure_optimizers`` trains with, without the schedule; for loops written by hand around the model.
+        """
+        hp = self.hparams
+        return make_optimizer(self.parameter_groups(), tuple(hp["betas"]), hp["eps"], hp["fused"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over parameter groups, with warmup then decay stepped per optimiser step."""

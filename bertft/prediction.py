@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from bertft import tasks
 from bertft.io import atomic_writer
 from bertft.ner import entities
 
@@ -76,6 +77,11 @@ class PredictionWriter(BasePredictionWriter):
         path = self._path(trainer)  # every rank: `trainer.log_dir` broadcasts, and rank 0 alone would hang the others
         if not trainer.is_global_zero:
             return
+        if parts and "logits" in parts[0]:  # windows of long texts: one prediction per text
+            rows, logits = torch.cat([p["row"] for p in parts]), torch.cat([p["logits"] for p in parts])
+            pooling = pl_module.hparams.get("window_pooling", "mean")
+            text_rows, merged_logits, _ = tasks.merge_windows(rows, logits, pooling)
+            parts = [{"row": text_rows, **tasks.outputs(pl_module.task, merged_logits)}]
         merged = merge_outputs(parts)
         datamodule = getattr(trainer, "datamodule", None)
         inputs = datamodule.raw_split("predict") if hasattr(datamodule, "raw_split") else None

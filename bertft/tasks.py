@@ -8,6 +8,7 @@ batch's ``word_index`` is not -1.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -67,20 +68,103 @@ def check_logits(task: str, logits: Tensor) -> None:
         )
 
 
-def loss(task: str, logits: Tensor, labels: Tensor) -> Tensor:
+def loss(task: str, logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
     """Cross-entropy (per token for ``token``, skipping -100), binary cross-entropy per label, or mean squared error.
 
     Computed in float32.
+
+    Args:
+        task: The task.
+        logits: The head's output.
+        labels: The batch's labels.
+        weight: ``classification``: a weight per class (cross-entropy's ``weight``, a weighted mean over the batch);
+            ``multilabel``: a weight per label on its positive term (``pos_weight``). ``None``: unweighted.
     """
     check_logits(task, logits)
     logits = logits.float()
     if task == "token":
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)  # (B*T, C)
     if task == "classification":
-        return F.cross_entropy(logits, labels)
+        return F.cross_entropy(logits, labels, weight=weight)
     if task == "multilabel":
-        return F.binary_cross_entropy_with_logits(logits, labels.float())
+        return F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=weight)
     return F.mse_loss(logits.squeeze(-1), labels.float())
+
+
+def check_class_weights(task: str, num_outputs: int, class_weights: str | Sequence[float] | None) -> None:
+    """Refuses class weights for a task without classes, of the wrong length, or negative.
+
+    Raises:
+        ValueError: Naming the value and what fits.
+    """
+    if class_weights is None:
+        return
+    if task not in ("classification", "multilabel"):
+        raise ValueError(f"model.class_weights applies to classification and multilabel, not to task {task!r}")
+    if isinstance(class_weights, str):
+        if class_weights != "balanced":
+            raise ValueError(f"model.class_weights={class_weights!r}: give 'balanced', a list of weights, or null")
+        return
+    weights = [float(w) for w in class_weights]
+    what = "class" if task == "classification" else "label (its positive term, pos_weight)"
+    if len(weights) != num_outputs:
+        raise ValueError(
+            f"model.class_weights has {len(weights)} values but the data has {num_outputs} labels: give one weight "
+            f"per {what}, in label_names order, or 'balanced'."
+        )
+    if any(not math.isfinite(w) or w < 0 for w in weights) or not any(weights):
+        raise ValueError(
+            f"model.class_weights={weights}: weights must be finite, 0 or more, and not all 0 (one per {what})."
+        )
+
+
+def balanced_weights(task: str, counts: Sequence[int], total: int, label_names: Sequence[str]) -> Tensor:
+    """Inverse-frequency weights over the training split.
+
+    ``classification``: ``total / (num_classes * count)`` per class (scikit-learn's ``balanced``: a class's examples
+    weigh as much in total as any other's). ``multilabel``: ``negatives / positives`` per label (BCE's ``pos_weight``).
+
+    Raises:
+        ValueError: A class with no training example, whose weight would be infinite.
+    """
+    empty = [name for name, n in zip(label_names, counts, strict=True) if n == 0]
+    if empty:
+        raise ValueError(
+            f"model.class_weights: balanced needs a training example of every class, and {empty} have none: give "
+            "the weights as a list instead, or drop those classes from data.label_names."
+        )
+    n = torch.tensor(counts, dtype=torch.float)  # (C,)
+    if task == "multilabel":
+        return (total - n).clamp(min=1.0) / n
+    return total / (len(counts) * n)
+
+
+def merge_windows(rows: Tensor, logits: Tensor, pooling: str = "mean") -> tuple[Tensor, Tensor, Tensor]:
+    """Merges the logits of a long text's windows into one row per text.
+
+    Args:
+        rows: ``(N,)`` the text (its ``row``) each window comes from.
+        logits: ``(N, C)`` each window's logits.
+        pooling: ``mean`` or ``max`` (element-wise) of the windows' logits.
+
+    Returns:
+        The texts' rows ``(D,)`` sorted, their merged logits ``(D, C)``, and the index of each text's first window
+        ``(D,)`` (to read its label).
+    """
+    if pooling not in ("mean", "max"):
+        raise ValueError(f"window_pooling={pooling!r}: choose 'mean' or 'max'")
+    unique, inverse = torch.unique(rows, return_inverse=True)  # (D,), (N,)
+    num_texts, num_windows = len(unique), len(rows)
+    logits = logits.float()
+    if pooling == "mean":
+        summed = logits.new_zeros(num_texts, logits.shape[-1]).index_add_(0, inverse, logits)  # (D, C)
+        merged = summed / torch.bincount(inverse, minlength=num_texts).unsqueeze(-1)  # (D, C)
+    else:
+        index = inverse.unsqueeze(-1).expand_as(logits)  # (N, C)
+        merged = logits.new_full((num_texts, logits.shape[-1]), -math.inf).scatter_reduce_(0, index, logits, "amax")
+    positions = torch.arange(num_windows, device=rows.device)  # (N,)
+    first = torch.full((num_texts,), num_windows, device=rows.device).scatter_reduce_(0, inverse, positions, "amin")
+    return unique, merged, first
 
 
 def metrics(

@@ -174,6 +174,39 @@ def test_text_longer_than_max_length_is_truncated_and_counted(
     assert not any(" 0 truncated" in m for m in caplog.messages if f"train ({train})" in m)
 
 
+@pytest.mark.parametrize(
+    ("options", "fragments"),
+    [
+        (["--data.val_fraction=1.5"], ["val_fraction=1.5", "outside (0, 1)"]),
+        (["--data.val_fraction=0.0"], ["val_fraction=0.0", "outside (0, 1)"]),
+        (["--data.val_fraction=24"], ["holds out 24 of the 24 rows", "leaving no training row"]),
+        (["--data.val_fraction=0.1", "--data.val_file={train}"], ["val_file", "val_fraction", "both set"]),
+        (["--model.class_weights=[1.0, 2.0, 3.0]"], ["class_weights has 3 values", "2 labels"]),
+        (["--model.class_weights=[1.0, -2.0]"], ["class_weights=[1.0, -2.0]", "0 or more"]),
+        (["--data.long_texts=windows", "--data.stride=128"], ["stride=128", "max_length=128"]),
+    ],
+    ids=["fraction>1", "fraction=0", "no-train-rows", "val-file-too", "weights-length", "weights-negative", "stride"],
+)
+def test_bad_split_weight_and_window_settings(
+    run_cli, tiny_bert_dir: Path, out: Path, train: Path, options: list[str], fragments: list[str]
+) -> None:
+    options = [o.format(train=train) for o in options]
+    result = run_cli(*fit_args(tiny_bert_dir, out, f"--data.train_file={train}", *options))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert_refused(result, out, *fragments)
+    message = result.stderr[result.stderr.index("bertft: error:") :].strip().splitlines()
+    assert len(message) == 2, message  # one line, then the BERTFT_DEBUG hint
+
+
+def test_class_left_without_training_rows_by_the_split(run_cli, tiny_bert_dir: Path, out: Path, tmp_path: Path) -> None:
+    # 12 neg, 11 pos, 1 rare: holding out 90% (stratified, largest remainders) takes the one 'rare' row too.
+    rows = [(s, "neg" if i < 12 else "pos") for i, (s, _) in enumerate(sst2_rows("train", 23))]
+    path = write_tsv(tmp_path / "rare.tsv", [*rows, ("a rare sentence", "rare")])
+    result = run_cli(*fit_args(tiny_bert_dir, out, f"--data.train_file={path}", "--data.val_fraction=0.9"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert_refused(result, out, "['rare']", "no training row", "val_fraction", "label_names")
+
+
 # ----- config ------------------------------------------------------------------------------------------------------
 
 

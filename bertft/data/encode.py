@@ -22,6 +22,8 @@ from bertft.encoder import resolve_encoder
 
 #: Columns every encoded split has, besides the tokenizer's own (``input_ids``, maybe ``token_type_ids``).
 ROW, LINE, LENGTH, LABELS = "row", "line", "length", "labels"
+#: Column of splits encoded with ``long_texts: windows``: each example's place among its document's windows.
+WINDOW = "window"
 
 #: Share of a split's text tokens that may be unknown (``[UNK]``) before bertft warns that the encoder's vocabulary
 #: does not cover the text. English text under an English vocabulary has almost none (SST-2 under MiniLM: 0%);
@@ -81,6 +83,7 @@ class EncodeSettings:
         label_delimiter: Multilabel separator, ``None`` for JSON lists.
         max_length: Token limit.
         skip_empty_text: Skip rows with an empty text instead of raising.
+        stride: ``None`` truncates long texts; a number cuts them into windows that share ``stride`` tokens.
     """
 
     text_columns: tuple[str, ...]
@@ -89,6 +92,7 @@ class EncodeSettings:
     label_delimiter: str | None
     max_length: int
     skip_empty_text: bool
+    stride: int | None = None
 
 
 def encode_table(table: Table, tokenizer: PreTrainedTokenizerBase, settings: EncodeSettings) -> tuple[Dataset, dict]:
@@ -119,6 +123,7 @@ def encode_table(table: Table, tokenizer: PreTrainedTokenizerBase, settings: Enc
         lines=[table.lines[i] for i in keep],
         labels=[labels[i] for i in keep] if labels is not None else None,
         max_length=settings.max_length,
+        stride=settings.stride,
     )
     if empty:
         rank_zero_warn(
@@ -139,8 +144,9 @@ def encode(
     lines: Sequence[int],
     labels: Sequence[Label] | None,
     max_length: int,
+    stride: int | None = None,
 ) -> tuple[Dataset, int]:
-    """Tokenises every example in batches, truncating to ``max_length`` tokens.
+    """Tokenises every example in batches, truncating to ``max_length`` tokens or cutting it into windows.
 
     Args:
         tokenizer: A fast tokenizer.
@@ -152,10 +158,13 @@ def encode(
         labels: Parsed labels, or ``None`` for an unlabelled split. Stored as text (classes) or floats, not indices,
             so the cache does not depend on the label vocabulary.
         max_length: Token limit, special tokens included.
+        stride: ``None`` truncates. A number cuts a longer text into windows of ``max_length`` tokens, consecutive
+            windows sharing ``stride`` tokens; each window becomes an example with the text's ``row``, ``line`` and
+            label, and a ``window`` column numbers them within the text.
 
     Returns:
-        The dataset (columns: tokenizer outputs without ``attention_mask``, ``row``, ``line``, ``length`` and maybe
-        ``labels``) and how many examples were truncated.
+        The dataset (columns: tokenizer outputs without ``attention_mask``, ``row``, ``line``, ``length``, maybe
+        ``labels`` and ``window``) and how many examples were truncated (or cut into more than one window).
     """
     columns: dict[str, Any] = {"text": list(texts), ROW: list(rows), LINE: list(lines)}
     if pairs is not None:
@@ -166,6 +175,8 @@ def encode(
 
     def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         nonlocal truncated
+        if stride is not None:
+            return windows(batch)
         # Pairs always carry token_type_ids, even where the tokenizer class leaves them out by default (ALBERT under
         # transformers 5): the model passes them on only to encoders with a segment embedding.
         pair = "text_pair" in batch
@@ -183,7 +194,27 @@ def encode(
         out[LENGTH] = [len(ids) for ids in enc["input_ids"]]
         return out
 
+    def windows(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        nonlocal truncated
+        enc = tokenizer(
+            batch["text"], truncation=True, max_length=max_length, stride=stride, return_overflowing_tokens=True
+        )
+        source = enc.pop("overflow_to_sample_mapping")  # the text each window comes from, in order
+        out = {k: v for k, v in enc.items() if k != "attention_mask"}
+        for key in (ROW, LINE, LABELS):
+            if key in batch:
+                out[key] = [batch[key][i] for i in source]
+        numbers: list[int] = []
+        for j, i in enumerate(source):  # 0, 1, ... within each text
+            numbers.append(numbers[-1] + 1 if j and source[j - 1] == i else 0)
+        out[WINDOW] = numbers
+        truncated += sum(1 for w in out[WINDOW] if w == 1)  # texts with a second window
+        out[LENGTH] = [len(ids) for ids in enc["input_ids"]]
+        return out
+
     remove = ["text", "text_pair"] if pairs is not None else ["text"]
+    if stride is not None:  # windows: one text gives several rows, so every input column is rebuilt
+        remove = list(columns)
     dataset = Dataset.from_dict(columns).map(tokenize, batched=True, batch_size=1000, remove_columns=remove)
     return dataset, truncated
 
@@ -224,6 +255,8 @@ class Collator:
                     padded[i, :n] = values
             batch[key] = padded
         batch[ROW] = torch.tensor([e[ROW] for e in examples], dtype=torch.long)  # (B,)
+        if WINDOW in examples[0]:  # the model merges a text's windows back into one prediction by `row`
+            batch[WINDOW] = torch.tensor([e[WINDOW] for e in examples], dtype=torch.long)  # (B,)
         if LABELS in examples[0]:
             batch["labels"] = self._labels([e[LABELS] for e in examples])
         return batch

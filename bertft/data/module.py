@@ -14,12 +14,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from bertft.data.cache import SplitCache, cache_key, default_cache_dir, sha256_bytes
+from bertft.data.cache import SplitCache, cache_key, default_cache_dir, quiet_datasets, sha256_bytes
 from bertft.data.encode import (
     LABELS,
     LENGTH,
     LINE,
+    ROW,
     UNKNOWN_WARN_FRACTION,
+    WINDOW,
     Collator,
     EncodeSettings,
     encode_table,
@@ -30,6 +32,7 @@ from bertft.data.encode import (
 from bertft.data.files import DataError, ReadOptions, Table, read_bytes, read_table
 from bertft.data.labels import TASKS, Task, check_known, parse_labels, training_vocabulary, vocabulary
 from bertft.data.sampler import LengthGroupedBatchSampler, LengthSortedSampler, ResumableDataLoader, check_sharding
+from bertft.data.split import HeldOut, check_val_fraction, describe, hold_out
 
 Split = Literal["train", "val", "test", "predict"]
 _STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
@@ -68,14 +71,24 @@ class TextDataModule(L.LightningDataModule):
         extra_fields: CSV/TSV rows with more fields than there are columns: ``error`` (the default) or ``ignore``
             (drop the extra trailing fields; STS-B's files carry two extra source fields on about 500 lines).
         tokenizer: Encoder name or folder whose tokenizer to use (the CLI links it to ``model.encoder``).
-        max_length: Longest sequence in tokens, special tokens included; longer examples are truncated.
+        max_length: Longest sequence in tokens, special tokens included; longer examples are truncated, or cut into
+            windows (``long_texts``).
         batch_size: Training batch size (per device).
         eval_batch_size: Validation/test/predict batch size; default ``batch_size``.
         group_by_length: Batch training examples of similar length together to waste less compute on padding.
         num_workers: DataLoader worker processes.
         cache_dir: Folder for tokenised splits; default ``$BERTFT_CACHE`` or ``~/.cache/bertft``.
         skip_empty_text: Skip rows whose text is empty instead of raising an error.
-        seed: Seed of the training order (combined with the epoch number).
+        seed: Seed of the training order (combined with the epoch number) and of the ``val_fraction`` draw.
+        val_fraction: Without a ``val_file``: hold out this share of the training file's rows (e.g. ``0.1``), or this
+            many rows (a whole number such as ``1000``), for validation. Stratified by class for ``classification``,
+            at random for the other tasks; the same rows for a given file, fraction and ``seed`` (checkpoints record
+            them, and a resumed run checks it holds out the same).
+        long_texts: What to do with a text longer than ``max_length``: ``truncate`` it, or cut it into overlapping
+            ``windows`` (single texts only). Training learns from every window with the text's label; validation,
+            test and predict merge a text's windows back into one prediction (``model.window_pooling``), so metrics
+            count texts.
+        stride: With ``long_texts: windows``: tokens shared by consecutive windows.
     """
 
     def __init__(
@@ -106,12 +119,30 @@ class TextDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         skip_empty_text: bool = False,
         seed: int = 0,
+        val_fraction: int | float | None = None,
+        long_texts: Literal["truncate", "windows"] = "truncate",
+        stride: int = 32,
     ) -> None:
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if max_length < 2 or batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(f"max_length must be >= 2 and batch sizes >= 1, got {max_length}, {batch_size}")
+        check_val_fraction(val_fraction, val_file)
+        if long_texts not in ("truncate", "windows"):
+            raise ValueError(f"data.long_texts={long_texts!r}: choose 'truncate' or 'windows'")
+        if long_texts == "windows" and text_pair_column is not None:
+            raise ValueError(
+                "data.long_texts: windows cuts single texts; with a text_pair_column the pair is truncated instead. "
+                "Remove one of the two settings."
+            )
+        # A window holds max_length tokens with [CLS] and [SEP] among them: what follows must advance past stride.
+        if long_texts == "windows" and not 0 <= stride < max_length - 2:
+            raise ValueError(
+                f"data.stride={stride} must be at least 0 and smaller than data.max_length={max_length} minus 2 (the "
+                f"[CLS] and [SEP] of each window), or windows would not advance: lower stride, e.g. to "
+                f"{max(0, max_length // 4)}."
+            )
         # label_names stay out: the model logs the resolved vocabulary, and Lightning refuses two differing values.
         self.save_hyperparameters(ignore=["label_names"])
         files = (train_file, val_file, test_file, predict_file)
@@ -133,8 +164,13 @@ class TextDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.group_by_length, self.num_workers, self.seed = group_by_length, num_workers, seed
         self.skip_empty_text = skip_empty_text
+        self.val_fraction = val_fraction
+        self.long_texts, self.stride = long_texts, stride
+        self._held_out: HeldOut | None = None
+        self._full_train: Dataset | None = None  # the whole encoded training file, when val_fraction splits it
         self.cache = SplitCache(cache_dir or default_cache_dir())
         self._label_names: list[str] | None = [str(n) for n in label_names] if label_names else None
+        self._label_names_given = bool(label_names)
         self._labels_checked = False  # hand-written label_names not yet compared with the training file
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._fingerprint: str | None = None
@@ -201,13 +237,23 @@ class TextDataModule(L.LightningDataModule):
         return 1 if self.task == "regression" else len(self.label_names)
 
     def state_dict(self) -> dict[str, Any]:
-        """What checkpoints carry, so a model can test or predict without its training file."""
+        """What checkpoints carry: the labels, and the held-out validation rows' count and hash.
+
+        The labels let a model test or predict without its training file; the hash lets a resumed run check that
+        ``val_fraction`` holds out the same rows.
+        """
         resolvable = self._label_names is not None or self.files["train"] is not None
-        return {"label_names": self.label_names if resolvable else [], "task": self.task}
+        state: dict[str, Any] = {"label_names": self.label_names if resolvable else [], "task": self.task}
+        if self._held_out is not None:
+            held = self._held_out
+            state["val_split"] = {"val_fraction": self.val_fraction, "seed": self.seed, "rows": len(held.rows),
+                                  "digest": held.digest}  # fmt: skip
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restores the label vocabulary from a checkpoint."""
         names = list(state_dict.get("label_names", []))
+        self._check_val_split(state_dict.get("val_split"))
         if self.task == "regression" or not names:
             return
         known = self._label_names is not None or self.files["train"] is not None
@@ -217,6 +263,46 @@ class TextDataModule(L.LightningDataModule):
                 "Use the same label_names (and order) as the checkpoint, or the same training file."
             )
         self._label_names, self._labels_checked = names, True
+
+    def _check_val_split(self, saved: dict[str, Any] | None) -> None:
+        # Lightning restores the data module after setup, so the split is already drawn: compare, do not replace.
+        if saved is None or self._held_out is None or saved["digest"] == self._held_out.digest:
+            return
+        raise DataError(
+            f"the checkpoint was trained holding out {saved['rows']} validation rows (val_fraction="
+            f"{saved['val_fraction']}, seed={saved['seed']}), but this run holds out {len(self._held_out.rows)} other "
+            f"rows (val_fraction={self.val_fraction}, seed={self.seed}): resume with the checkpoint's train_file, "
+            "val_fraction and seed (its config.yaml has them)."
+        )
+
+    @property
+    def has_val(self) -> bool:
+        """Whether there is validation data: a ``val_file``, or rows held out by ``val_fraction``."""
+        return self.files["val"] is not None or (self.val_fraction is not None and self.files["train"] is not None)
+
+    @property
+    def windowed(self) -> bool:
+        """Whether long texts are cut into windows (``long_texts: windows``)."""
+        return self.long_texts == "windows"
+
+    def label_counts(self) -> list[int]:
+        """Training examples per class, in ``label_names`` order (per label for multilabel).
+
+        What ``balanced`` class weights are computed from. Windows of a long text count once each, as the loss sees
+        them.
+        """
+        if self.task == "regression":
+            raise DataError("regression has no classes to count")
+        index = {name: i for i, name in enumerate(self.label_names)}
+        counts = [0] * len(index)
+        for label in _column(self._ensure("train"), LABELS):
+            for name in label if isinstance(label, list) else [label]:
+                counts[index[name]] += 1
+        return counts
+
+    def num_train_examples(self) -> int:
+        """Examples in the training split (windows count one each)."""
+        return self._ensure("train").num_rows
 
     # ----- reading and caching ------------------------------------------------------------------------------------
 
@@ -241,6 +327,8 @@ class TextDataModule(L.LightningDataModule):
         return self._read(path).frame
 
     def _path(self, split: Split) -> str:
+        if split == "val" and self.files["val"] is None and self.val_fraction is not None:
+            split = "train"  # held-out rows of the training file
         path = self.files[split]
         if path is None:
             raise DataError(f"no {split}_file was given, so the {split} split cannot be used. Set `{split}_file`.")
@@ -248,7 +336,7 @@ class TextDataModule(L.LightningDataModule):
 
     def _splits(self, stage: str | None) -> tuple[Split, ...]:
         wanted = _STAGE_SPLITS.get(stage or "", ("train", "val", "test", "predict"))
-        return tuple(s for s in wanted if self.files[s] is not None)
+        return tuple(s for s in wanted if self.files[s] is not None or (s == "val" and self.has_val))
 
     def prepare_data(self) -> None:
         """Tokenises and caches the splits the current trainer stage needs (Lightning runs this on one process)."""
@@ -270,6 +358,73 @@ class TextDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def _load_or_build(self, split: Split) -> Dataset:
+        if self.val_fraction is None or split not in ("train", "val"):
+            return self._load_or_build_file(split)
+        if self._full_train is None:
+            self._full_train = self._load_or_build_file("train")
+        full = self._full_train
+        held = set(self._hold_out(full).rows)
+        keep = [i for i, row in enumerate(_column(full, ROW)) if (row in held) == (split == "val")]
+        for facts in (self.truncated, self.skipped, self._units, self.cache_events):
+            if "train" in facts:
+                facts.setdefault(split, facts["train"])  # type: ignore[index]
+        # keep_in_memory: a new file inside the cache entry's folder would break its recorded hashes.
+        with quiet_datasets():
+            return full.select(keep, keep_in_memory=True).flatten_indices(keep_in_memory=True)
+
+    def _hold_out(self, full: Dataset) -> HeldOut:
+        """The training rows held out for validation: computed once per process, cached on disk by file and setting."""
+        if self._held_out is not None:
+            return self._held_out
+        path = self._path("train")
+        stratify = self.task == "classification"
+        how = {
+            "file": sha256_bytes(read_bytes(path)),
+            "read": asdict(self.read_options),
+            "skip": self.skip_empty_text,
+            "label": self.label_column,
+            "val_fraction": self.val_fraction,
+            "seed": self.seed,
+            "stratify": stratify,
+        }
+        key = cache_key(how)
+        saved = self.cache.load_json("val-split", key)
+        if saved is not None:
+            held = HeldOut(tuple(saved["rows"]), saved["total"], saved["stratified"])
+        else:
+            labels = _column(full, LABELS) if stratify else None
+            held = hold_out(_column(full, ROW), labels, self.val_fraction, self.seed, stratify, path)
+            self.cache.save_json("val-split", key, {"rows": list(held.rows), "total": held.total,
+                                                    "stratified": held.stratified})  # fmt: skip
+        self._held_out = held
+        rank_zero_info(describe(held, self.val_fraction, path))
+        self._check_training_classes(full, set(held.rows), path)
+        return held
+
+    def _check_training_classes(self, full: Dataset, held: set[int], path: str) -> None:
+        """Refuses a split that leaves a class without a training row, unless ``label_names`` lists them by hand."""
+        if self.task == "regression":
+            return
+        seen: set[str] = set()
+        for row, label in zip(_column(full, ROW), _column(full, LABELS), strict=True):
+            if row not in held:
+                seen.update(label if isinstance(label, list) else [label])
+        missing = [name for name in self.label_names if name not in seen]
+        if not missing:
+            return
+        message = (
+            f"after holding out data.val_fraction={self.val_fraction} of {path} for validation, class(es) {missing} "
+            "have no training row left"
+        )
+        if not self._label_names_given:
+            raise DataError(
+                f"{message}: the model could never learn them. Use a larger training share (a smaller val_fraction), "
+                "add rows of those classes, give a val_file, or list every class in data.label_names to train "
+                "without them."
+            )
+        rank_zero_warn(f"{message}; they stay in data.label_names but the model will not learn them.")
+
+    def _load_or_build_file(self, split: Split) -> Dataset:
         path = self._path(split)
         data = read_bytes(path)
         settings = self._encode_settings(split)
@@ -283,9 +438,11 @@ class TextDataModule(L.LightningDataModule):
             self.truncated[split], self.skipped[split] = meta["truncated"], meta["skipped"]
             self._units[split] = meta["unit"]
             rank_zero_info(
-                f"{split} ({path}): {dataset.num_rows} examples, {meta['truncated']} truncated to {self.max_length} "
-                f"tokens, {meta['skipped']} empty texts skipped; cache {self.cache_events[split]}"
-            )
+                f"{split} ({path}): {dataset.num_rows} examples, {meta['truncated']} "
+                + (f"longer than {self.max_length} tokens cut into windows" if self.windowed else
+                   f"truncated to {self.max_length} tokens")
+                + f", {meta['skipped']} empty texts skipped; cache {self.cache_events[split]}"
+            )  # fmt: skip
             self._warn_unknown_tokens(split, path, dataset)
         return dataset
 
@@ -316,6 +473,7 @@ class TextDataModule(L.LightningDataModule):
             self.label_delimiter,
             self.max_length,
             self.skip_empty_text,
+            self.stride if self.windowed else None,
         )
 
     def _encode(self, table: Table, settings: Any) -> tuple[Dataset, dict[str, Any]]:
@@ -333,7 +491,7 @@ class TextDataModule(L.LightningDataModule):
     def _check_known_labels(self, split: Split, dataset: Dataset) -> None:
         if LABELS not in dataset.column_names or self.task == "regression" or split in self._known_labels_checked:
             return
-        where = f"{self.files[split]}, {self._units.get(split, 'line')}"
+        where = f"{self._path(split)}, {self._units.get(split, 'line')}"
         check_known(_column(dataset, LABELS), _column(dataset, LINE), self.label_names, where)
         self._known_labels_checked.add(split)
 
@@ -371,11 +529,14 @@ class TextDataModule(L.LightningDataModule):
     def _eval_loader(self, split: Split) -> DataLoader:
         # Sorted by length for speed and deterministic; `row` in every batch restores the input order.
         dataset = self._dataset(split)
-        return self._loader(dataset, sampler=LengthSortedSampler(self._lengths[split]), batch_size=self.eval_batch_size)
+        # Every window of a text on one rank, where the model merges them into the text's prediction.
+        groups = _column(dataset, ROW) if WINDOW in dataset.column_names else None
+        sampler = LengthSortedSampler(self._lengths[split], groups=groups)
+        return self._loader(dataset, sampler=sampler, batch_size=self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
-        """Validation batches, sorted by length; none (validation skipped) when no ``val_file`` is given."""
-        return self._eval_loader("val") if self.files["val"] else []
+        """Validation batches, sorted by length; none (validation skipped) without ``val_file`` or ``val_fraction``."""
+        return self._eval_loader("val") if self.has_val else []
 
     def test_dataloader(self) -> DataLoader:
         """Test batches, sorted by length."""

@@ -181,23 +181,39 @@ class LengthSortedSampler(Sampler[int]):
     differ by at most one example, and ranks may run one batch more or less. That is safe because evaluation and
     prediction steps run no collective operation; metrics are gathered once, at the end of the epoch.
 
+    With ``groups`` (the text each window of a long text comes from), whole groups are shared out instead: every
+    window of a text lands on one rank, where the model merges them into the text's prediction.
+
     Args:
         lengths: Token count of each example.
         num_replicas: World size; default: from ``torch.distributed`` if initialised, else 1.
         rank: This process's rank; default: from ``torch.distributed`` if initialised, else 0.
+        groups: Optional group of each example (its text's ``row``); a group's examples stay on one rank.
     """
 
-    def __init__(self, lengths: Sequence[int], num_replicas: int | None = None, rank: int | None = None) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        groups: Sequence[int] | None = None,
+    ) -> None:
         default_rank, default_size = distributed_rank_and_size()
         self.num_replicas = default_size if num_replicas is None else num_replicas
         self.rank = default_rank if rank is None else rank
-        order = torch.sort(torch.as_tensor(lengths, dtype=torch.long), descending=True, stable=True).indices.tolist()
-        if 0 < len(order) < self.num_replicas:
+        sizes = torch.as_tensor(lengths, dtype=torch.long)
+        order = torch.sort(sizes, descending=True, stable=True).indices.tolist()
+        members: dict[int, list[int]] = {}
+        for i in order:  # groups in order of their longest example; members longest first
+            members.setdefault(groups[i] if groups is not None else i, []).append(i)
+        if 0 < len(members) < self.num_replicas:
             raise ValueError(
-                f"{len(order)} examples cannot be shared among {self.num_replicas} processes: use fewer devices "
+                f"{len(members)} examples cannot be shared among {self.num_replicas} processes: use fewer devices "
                 "for this split or give it more examples."
             )
-        self.indices: list[int] = order[self.rank :: self.num_replicas]
+        mine = [i for group in list(members.values())[self.rank :: self.num_replicas] for i in group]
+        size_of = sizes.tolist()
+        self.indices: list[int] = sorted(mine, key=lambda i: -size_of[i])  # stable: ties keep their order
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)

@@ -43,7 +43,9 @@ class TokenDataModule(TextDataModule):
         group_by_length: Batch training windows of similar length together.
         num_workers: DataLoader worker processes.
         cache_dir: Folder for tokenised splits; default ``$BERTFT_CACHE`` or ``~/.cache/bertft``.
-        seed: Seed of the training order (combined with the epoch number).
+        seed: Seed of the training order (combined with the epoch number) and of the ``val_fraction`` draw.
+        val_fraction: Without a ``val_file``: hold out this share of the training sentences (e.g. ``0.1``), or this
+            many (a whole number), for validation, drawn at random with ``seed``.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class TokenDataModule(TextDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         seed: int = 0,
+        val_fraction: int | float | None = None,
     ) -> None:
         if task != "token":
             raise ValueError(f"TokenDataModule serves task 'token', got {task!r}; use TextDataModule for {task!r}")
@@ -89,6 +92,7 @@ class TokenDataModule(TextDataModule):
             num_workers=num_workers,
             cache_dir=cache_dir,
             seed=seed,
+            val_fraction=val_fraction,
         )
         self.task = "token"  # type: ignore[assignment]  # TextDataModule's own tasks are sequence-level
         self.label_subtokens: LabelSubtokens = label_subtokens
