@@ -13,7 +13,6 @@ from bertft.cli import main
 from bertft.data import LengthSortedSampler, TextDataModule, load_tokenizer
 
 from .test_cli import quick_args, sst2_rows, write_tsv
-from .test_distributed import free_port
 from .test_distributed import run as run_worker
 
 
@@ -106,12 +105,12 @@ def test_ddp_validation_counts_each_windowed_text_once(tmp_path: Path, tiny_bert
     args = [
         "validate", f"--model.encoder={tiny_bert_dir}", f"--data.train_file={val}", f"--data.val_file={val}",
         "--data.quoting=false", "--data.max_length=12", "--data.long_texts=windows", "--data.stride=2",
-        "--data.eval_batch_size=4", "--seed_everything=0", "--trainer.accelerator=cpu", "--trainer.logger=false",
+        "--data.eval_batch_size=4", "--seed_everything=0", "--trainer.accelerator=cpu",
         "--trainer.enable_progress_bar=false", f"--data.cache_dir={tmp_path / 'cache'}",
     ]  # fmt: skip
     one = main([*args, f"--trainer.default_root_dir={tmp_path / '1'}"]).trainer.callback_metrics
     ddp = ["--trainer.devices=2", "--trainer.strategy=ddp", f"--trainer.default_root_dir={tmp_path / '2'}"]
-    ranks = [r["metrics"] for r in run_worker([*args, *ddp], env={"MASTER_PORT": str(free_port())})]
+    ranks = [r["metrics"] for r in run_worker([*args, *ddp])]  # timed out, same collectives on both ranks
     assert len(ranks) == 2
     for key in ("val/acc", "val/f1", "val/mcc"):
         assert ranks[0][key] == ranks[1][key] == pytest.approx(float(one[key]), abs=1e-6), key
