@@ -168,6 +168,7 @@ class TextDataModule(L.LightningDataModule):
         self.long_texts, self.stride = long_texts, stride
         self._held_out: HeldOut | None = None
         self._full_train: Dataset | None = None  # the whole encoded training file, when val_fraction splits it
+        self._digests: dict[str, str] = {}  # file path -> sha256 of the bytes its split was encoded from
         self.cache = SplitCache(cache_dir or default_cache_dir())
         self._label_names: list[str] | None = [str(n) for n in label_names] if label_names else None
         self._label_names_given = bool(label_names)
@@ -379,7 +380,7 @@ class TextDataModule(L.LightningDataModule):
         path = self._path("train")
         stratify = self.task == "classification"
         how = {
-            "file": sha256_bytes(read_bytes(path)),
+            "file": self._digests[path],  # the bytes `full` was encoded from, hashed when it was loaded
             "read": asdict(self.read_options),
             "skip": self.skip_empty_text,
             "label": self.label_column,
@@ -428,7 +429,8 @@ class TextDataModule(L.LightningDataModule):
         path = self._path(split)
         data = read_bytes(path)
         settings = self._encode_settings(split)
-        parts = {"file": sha256_bytes(data), "read": asdict(self.read_options), "encode": asdict(settings)}
+        self._digests[path] = sha256_bytes(data)
+        parts = {"file": self._digests[path], "read": asdict(self.read_options), "encode": asdict(settings)}
         key = cache_key({**parts, "tokenizer": self._tokenizer_fingerprint(), "tokenizers": tokenizers.__version__})
         dataset, meta, self.cache_events[split] = self.cache.get_or_build(
             split, key, lambda: self._encode(self._read(path, data), settings)
