@@ -277,8 +277,11 @@ class FineTuner(L.LightningModule):
 
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         weight = getattr(self, "class_weight", None)
-        if weight is None or not bool(weight.any()):  # none, or `balanced` not computed (no fit has run: validate)
+        if weight is None:
             return tasks.loss(self.task, logits, labels)
+        # `balanced` before it is computed (validate with no fit) is all zeros: then every class weighs 1, which is
+        # the unweighted loss. Chosen on the device: `bool(weight.any())` would wait for the GPU at every step.
+        weight = torch.where(weight.any(), weight, torch.ones_like(weight))
         return tasks.loss(self.task, logits, labels, weight=weight)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
