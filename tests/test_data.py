@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pandas as pd
@@ -394,6 +396,27 @@ def test_trainer_fit_reshuffles_between_epochs(sst2: dict[str, str], tmp_path: P
     assert len(model.epochs) == 2
     assert model.epochs[0] != model.epochs[1]
     assert dm.cache_events == {"train": "loaded", "val": "loaded"}  # built in prepare_data, loaded in setup
+
+
+def test_a_limited_evaluation_says_it_sees_the_longest_texts(sst2: dict[str, str]) -> None:
+    """Evaluation is sorted longest first: `limit_val_batches` takes the longest texts, which users must be told."""
+    dm = make(sst2, batch_size=8)  # 80 dev sentences
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(limit_val_batches=2, limit_test_batches=1.0)
+    with pytest.warns(UserWarning, match=r"limit_val_batches=2: val batches are sorted by length, longest first"):
+        loader = dm.val_dataloader()
+    lengths = [int(batch["attention_mask"].sum(1).min()) for batch in loader]
+    assert lengths == sorted(lengths, reverse=True)  # why the warning is true
+    for limit in (1.0, 0, len(loader), 200):  # the whole split, none, or at least every batch: nothing to say
+        dm.trainer = SimpleNamespace(limit_val_batches=limit, limit_test_batches=limit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            dm.val_dataloader()
+            dm.test_dataloader()
+    dm.trainer = SimpleNamespace(limit_test_batches=0.5)
+    with pytest.warns(UserWarning, match=r"limit_test_batches=0.5: .* give a smaller test_file$"):
+        dm.test_dataloader()
 
 
 # ----- bad input --------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,7 +97,7 @@ def test_grid_over_seeds_two_workers_on_one_sqlite(tmp_path: Path, base_config: 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sorted((t.user_attrs["point"], t.user_attrs["seed"]) for t in done) == [(1, 1), (1, 2), (2, 1), (2, 2)]
 
-    main(["sweep", "--report", str(out)])  # the report as of now, whichever process finished last
+    main(["sweep", "--report", str(out), "--compare", "model.lr"])  # as of now, whichever process finished last
     trials = read_csv(out / "trials.csv")
     assert len(trials) == 4
     assert {(r["point"], r["seed"], r["state"]) for r in trials} == {
@@ -106,7 +107,9 @@ def test_grid_over_seeds_two_workers_on_one_sqlite(tmp_path: Path, base_config: 
         folder = Path(row["folder"])
         assert attempts(folder) == 1  # started once, by one of the two processes
         run = folder / "csv" / "version_0"
-        assert (run / "config.yaml").is_file()
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        data = config["data"].get("init_args", config["data"])
+        assert config["seed_everything"] == data["seed"] == int(row["seed"]), "the seed also sets the data order"
         assert (run / "metrics.csv").is_file()
         assert list((run / "checkpoints").glob("best-*.ckpt")), "each trial keeps its best checkpoint"
         assert "test/" not in (run / "metrics.csv").read_text(), "the search never touches the test split"
@@ -121,6 +124,7 @@ def test_grid_over_seeds_two_workers_on_one_sqlite(tmp_path: Path, base_config: 
     assert sum(r["best"] == "true" for r in summary) == 1
     assert "Best point" in (out / "summary.md").read_text()
     assert (out / "summary.png").stat().st_size > 1000
+    assert "| rank | lr | point |" in (out / "compare.md").read_text()
 
 
 def test_sigkill_then_resume_runs_no_finished_trial_twice(tmp_path: Path, base_config: Path) -> None:
@@ -212,6 +216,7 @@ def test_invalid_value_fails_and_the_sweep_goes_on(tmp_path: Path, base_config: 
         ({"space": {}}, "space is empty"),
         ({"space": {"model.lr": {"low": 1.0e-3, "high": 1.0e-5}}, "sampler": "tpe"}, "low 0.001 is greater than high"),
         ({"space": {"model.lr": [1.0e-4]}, "metric": "val/accuracy"}, "did you mean 'val/acc'"),
+        ({"space": {"model.lr": [1.0e-4]}, "compare": "model.lrr"}, "compare: 'model.lrr' is not a key of space"),
     ],
 )
 def test_bad_sweep_file_one_line_no_trial(
@@ -239,4 +244,6 @@ def test_shipped_sweeps_check(path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     check_spec(spec)
     assert spec.metric in ("val/acc", "val/spearman")
     assert spec.direction == "maximize"
-    assert spec.num_points * len(spec.seeds) == 12
+    stated = re.search(r"= (\d+) (?:short )?fits", path.read_text(encoding="utf-8"))
+    assert stated, f"{path.name}: its first comment says how many fits it runs"
+    assert spec.num_points * len(spec.seeds) == int(stated.group(1))

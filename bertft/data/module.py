@@ -534,7 +534,9 @@ class TextDataModule(L.LightningDataModule):
         # Every window of a text on one rank, where the model merges them into the text's prediction.
         groups = _column(dataset, ROW) if WINDOW in dataset.column_names else None
         sampler = LengthSortedSampler(self._lengths[split], groups=groups)
-        return self._loader(dataset, sampler=sampler, batch_size=self.eval_batch_size)
+        loader = self._loader(dataset, sampler=sampler, batch_size=self.eval_batch_size)
+        _warn_if_limited(self.trainer, split, len(loader))
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches, sorted by length; none (validation skipped) without ``val_file`` or ``val_fraction``."""
@@ -547,6 +549,20 @@ class TextDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Prediction batches, sorted by length; ``row`` restores the file's order."""
         return self._eval_loader("predict")
+
+
+def _warn_if_limited(trainer: L.Trainer | None, split: Split, batches: int) -> None:
+    # Evaluation is sorted longest first, so `limit_val_batches: 30` is not a sample of the split but its 30 batches
+    # of longest texts: a biased metric (a sweep's comparison on it included), which nothing else would reveal.
+    limit = getattr(trainer, f"limit_{split}_batches", None) if split in ("val", "test") else None
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or limit == 0:
+        return
+    if (isinstance(limit, int) and limit < batches) or (isinstance(limit, float) and limit < 1.0):
+        rank_zero_warn(
+            f"trainer.limit_{split}_batches={limit}: {split} batches are sorted by length, longest first, so the"
+            f" {split} metrics come from the longest texts only, not a sample of the split; for a representative"
+            f" subset, give a smaller {split}_file{' or data.val_fraction' if split == 'val' else ''}"
+        )
 
 
 def _column(dataset: Dataset, name: str) -> list[Any]:

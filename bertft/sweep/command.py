@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", metavar="SWEEP_YAML", help="the sweep file (configs, space, seeds, metric, ...)")
     parser.add_argument("--report", metavar="FOLDER", help="rebuild a sweep folder's report from its storage and exit")
     parser.add_argument(
+        "--compare",
+        metavar="KEY",
+        help="with --report: compare the values of this searched key (e.g. model.head), each at its best point",
+    )
+    parser.add_argument(
         "--output_dir", help="the sweep folder (default: the file's output_dir, or outputs/sweeps/NAME)"
     )
     parser.add_argument("--workers", type=int, help="parallel trials on this machine (overrides the file's workers)")
@@ -40,9 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(sys.argv[2:] if argv is None else argv)
     if bool(args.config) == bool(args.report):
         parser.error("give --config sweep.yaml to run a sweep, or --report <sweep folder> to rebuild its report")
+    if args.compare and not args.report:
+        parser.error("--compare goes with --report; in a sweep file, write compare: KEY")
     try:
         if args.report:
-            report(Path(args.report))
+            report(Path(args.report), args.compare)
             return
         spec = load_spec(args.config, args.output_dir)
         if args.workers is not None:
@@ -73,6 +80,7 @@ def run(spec: SweepSpec, test_best: bool = False) -> int:
         sys.stderr.write(f"bertft sweep: error: {err}\n")
         return 2
     record = {"name": spec.name, "storage": spec.storage_url, "metric": spec.metric, "direction": spec.direction}
+    record["compare"] = spec.compare
     atomic_write_text(spec.output_dir / RECORD, json.dumps({**record, "sweep_file": str(spec.path)}, indent=1))
     if spec.path != (spec.output_dir / "sweep.yaml").resolve():
         shutil.copyfile(spec.path, spec.output_dir / "sweep.yaml")  # the sweep as run, beside its results
@@ -99,13 +107,16 @@ def run(spec: SweepSpec, test_best: bool = False) -> int:
         return 130
     if test_best:
         _test_best(spec, study)
-        write_report(study, spec.output_dir, spec.metric, str(spec.direction))
+        write_report(study, spec.output_dir, spec.metric, str(spec.direction), compare=spec.compare)
     print(f"report: {spec.output_dir / 'summary.md'} (and trials.csv, summary.csv, summary.png)")
     return 0
 
 
-def report(folder: Path) -> None:
-    """``--report``: rebuilds the folder's outputs from the storage recorded in its ``sweep.json``."""
+def report(folder: Path, compare: str | None = None) -> None:
+    """``--report``: rebuilds the folder's outputs from the storage recorded in its ``sweep.json``.
+
+    ``compare`` (default: the sweep file's ``compare``) also writes ``compare.md``, and prints the ranking.
+    """
     import optuna
 
     from bertft.sweep.report import write_report
@@ -116,8 +127,18 @@ def report(folder: Path) -> None:
         raise SweepError(f"{folder} is not a sweep folder: it has no {RECORD} (give the folder a sweep wrote)")
     record = json.loads(record_file.read_text(encoding="utf-8"))
     study = optuna.load_study(study_name=record["name"], storage=storage_for(record["storage"]))
-    write_report(study, folder, record["metric"], record["direction"])
+    compare = compare or record.get("compare")
+    write_report(study, folder, record["metric"], record["direction"], compare=compare)
     print(f"report: {folder / 'summary.md'}")
+    if compare:
+        from bertft.sweep import study as studies
+        from bertft.sweep.compare import comparison_text
+
+        print(
+            f"compare: {folder / 'compare.md'}\n"
+            + comparison_text(studies.sweep_trials(study), compare, record["direction"]),
+            end="",
+        )
 
 
 def _test_best(spec: SweepSpec, study: Any) -> None:

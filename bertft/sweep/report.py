@@ -5,6 +5,7 @@
 * ``summary.csv`` / ``summary.md``: per point, over its finished seeds: n, mean, sd, the 95% Student's t interval,
   min, max; the best point by mean; and, best against each other point, a paired t-test over the seeds both finished.
 * ``summary.png``: each point's mean with its interval, and every seed as a dot.
+* with ``compare``: ``compare.csv/.md/.png`` (:mod:`bertft.sweep.compare`).
 """
 
 from __future__ import annotations
@@ -90,8 +91,14 @@ def summarize_points(trials: Sequence[FrozenTrial], direction: str) -> tuple[lis
     return rows, (best["point"] if best else None)
 
 
-def write_report(study: optuna.Study, folder: Path, metric: str, direction: str, plot: bool = True) -> None:
-    """Writes ``trials.csv``, ``summary.csv``, ``summary.md`` (and ``summary.png`` with ``plot``) into ``folder``."""
+def write_report(
+    study: optuna.Study, folder: Path, metric: str, direction: str, plot: bool = True, compare: str | None = None
+) -> None:
+    """Writes ``trials.csv``, ``summary.csv``, ``summary.md`` (and ``summary.png`` with ``plot``) into ``folder``.
+
+    With ``compare`` (a searched key such as ``model.head``), also ``compare.csv``, ``compare.md`` and
+    ``compare.png``: each of its values at its own best point, and every pair tested.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     trials = studies.sweep_trials(study)
@@ -102,6 +109,10 @@ def write_report(study: optuna.Study, folder: Path, metric: str, direction: str,
     atomic_write_text(folder / "summary.md", _summary_md(study, trials, rows, keys, best, metric, direction, folder))
     if plot and rows:
         _plot(rows, best, metric, folder / "summary.png", study.study_name)
+    if compare:
+        from bertft.sweep.compare import write_comparison  # imports this module
+
+        write_comparison(trials, compare, metric, direction, folder, plot=plot)
 
 
 def _csv(header: list[str], rows: list[list[Any]]) -> str:

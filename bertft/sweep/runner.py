@@ -74,7 +74,9 @@ class Sweep:
             for worker in workers:
                 worker.join()
             with self.lock:
-                write_report(self.study, self.spec.output_dir, self.spec.metric, self.spec.direction)
+                write_report(
+                    self.study, self.spec.output_dir, self.spec.metric, self.spec.direction, compare=self.spec.compare
+                )
 
     # ----- one worker ------------------------------------------------------------------------------------------------
 
@@ -167,6 +169,9 @@ class Sweep:
     ) -> list[str]:
         spec = self.spec
         settings = {
+            # The seed also sets the order of the training batches (Dodge et al. 2020: as large a source of variance
+            # as the head's initialisation), unless the sweep fixes data.seed itself.
+            "data.seed": seed,
             **spec.overrides,
             **params,
             "seed_everything": seed,
@@ -244,7 +249,7 @@ class Sweep:
                     f"{mean:.4g}{spread} over {len(values)} seed{'s' * (len(values) > 1)}"
                 )
             print(line, flush=True)
-            write_report(self.study, spec.output_dir, spec.metric, spec.direction, plot=False)
+            write_report(self.study, spec.output_dir, spec.metric, spec.direction, plot=False, compare=spec.compare)
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:

@@ -11,6 +11,7 @@ A sweep file is YAML::
     seeds: [1, 2, 3]                          # or num_seeds: 3 (seeds 0, 1, 2)
     metric: val/acc                           # default: the task's primary validation metric
     sampler: grid                             # grid | tpe | random
+    compare: model.head                       # optional: each head at its best point, every pair tested
 
 :func:`load_spec` checks the file's own structure and raises :class:`SweepError` with the file and key on any mistake;
 :mod:`bertft.sweep.validate` then checks the keys and values against the real ``fit`` parser.
@@ -48,6 +49,7 @@ _KEYS = {
     "output_dir",
     "trial_timeout",
     "sampler_seed",
+    "compare",
 }
 
 
@@ -115,6 +117,7 @@ class SweepSpec:
         output_dir: The sweep folder.
         trial_timeout: Seconds after which a trial is stopped and recorded as failed (``None``: no limit).
         sampler_seed: Seed of the ``tpe`` / ``random`` sampler.
+        compare: A searched key (with a list of values) whose values the report compares, each at its best point.
     """
 
     path: Path
@@ -133,6 +136,7 @@ class SweepSpec:
     output_dir: Path = field(default_factory=lambda: Path("outputs/sweeps"))
     trial_timeout: float | None = None
     sampler_seed: int = 0
+    compare: str | None = None
     test_file: str | None = None  # the run's data.test_file, for --test_best (filled in by validation)
 
     @property
@@ -271,6 +275,14 @@ def load_spec(path: str | os.PathLike[str], output_dir: str | None = None) -> Sw
     sampler_seed = raw.get("sampler_seed", 0)
     if not isinstance(sampler_seed, int) or isinstance(sampler_seed, bool):
         raise fail(f"sampler_seed: {sampler_seed!r} is not an integer")
+    compare = raw.get("compare")
+    if compare is not None:
+        if compare not in space:
+            close = difflib.get_close_matches(str(compare), list(space), 1)
+            hint = f"did you mean {close[0]!r}?" if close else f"searched: {', '.join(space)}"
+            raise fail(f"compare: {compare!r} is not a key of space ({hint})")
+        if not isinstance(space[compare], Choices):
+            raise fail(f"compare: space.{compare} is a range; comparing needs a list of values")
     name = str(raw.get("name") or path.stem)
     out = Path(output_dir or raw.get("output_dir") or Path("outputs") / "sweeps" / name)
     return SweepSpec(
@@ -290,6 +302,7 @@ def load_spec(path: str | os.PathLike[str], output_dir: str | None = None) -> Sw
         output_dir=out,
         trial_timeout=float(timeout) if timeout is not None else None,
         sampler_seed=sampler_seed,
+        compare=compare,
     )
 
 

@@ -131,3 +131,19 @@ def _betacf(a: float, b: float, x: float) -> float:
         if abs(d * c - 1) < eps:
             break
     return h
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` for testing them together (family-wise error rate).
+
+    The ``k``-th smallest p-value of ``m`` is multiplied by ``m - k + 1``, kept at least as large as the adjusted
+    value before it, and capped at 1. ``nan`` (an untested pair) stays ``nan`` and does not count in ``m``.
+    Returns the adjusted values in the input order.
+    """
+    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for k, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - k) * p))
+        adjusted[i] = running
+    return adjusted

@@ -1,0 +1,222 @@
+"""Comparing the values of one searched key, each at its own best setting of the others: ``compare.csv/.md/.png``.
+
+"Does my head beat MeanHead?" is not answered by the sweep's best point alone: heads may prefer different learning
+rates, so each head is judged at the best point among those with that head (by mean over seeds), and every two heads
+are compared by a paired t-test over the seeds both ran, Holm-adjusted for the number of pairs. Turn it on with
+``compare: model.head`` in the sweep file, or ``bertft sweep --report FOLDER --compare model.head`` afterwards.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import FrozenTrial
+
+from bertft.io import atomic_write_text
+from bertft.sweep.report import ALPHA, _csv, _number, point_label, point_results
+from bertft.sweep.spec import SweepError, encode, label, short_key
+from bertft.sweep.stats import Summary, holm, paired_t_test, summarize
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One value of the compared key at its best point.
+
+    Attributes:
+        value: The compared key's value (as the sweep file gives it).
+        point: The chosen point's number.
+        others: The chosen point's other searched values (``{"model.lr": 1e-4}``).
+        seeds: Its finished seeds, in order.
+        values: The metric per seed.
+        summary: Their :class:`~bertft.sweep.stats.Summary`.
+        tried: How many points had this value (the choice was among them).
+    """
+
+    value: Any
+    point: int
+    others: dict[str, Any]
+    seeds: list[int]
+    values: list[float]
+    summary: Summary
+    tried: int
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two entries compared over their shared seeds: ``first`` − ``second``, first ranked higher."""
+
+    first: Entry
+    second: Entry
+    n: int
+    difference: Summary | None  # of the per-seed differences; None with fewer than 2 shared seeds
+    t: float
+    p: float
+    p_holm: float
+
+
+def compare(trials: Sequence[FrozenTrial], key: str, direction: str) -> tuple[list[Entry], list[Pair]]:
+    """Each value of ``key`` at its best point, best first, and every pair of them tested.
+
+    Raises:
+        SweepError: ``key`` is not one of the sweep's searched keys.
+    """
+    results = point_results(trials)
+    keys = list(results[0]["params"]) if results else []
+    if results and key not in keys:
+        raise SweepError(f"compare: {key!r} is not a searched key of this sweep (searched: {', '.join(keys)})")
+    sign = 1 if direction == "maximize" else -1
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        groups.setdefault(repr(encode(result["params"][key])), []).append(result)
+    entries = []
+    for group in groups.values():
+        best = max(group, key=lambda r: sign * summarize(r["values"]).mean)  # first point wins a tie
+        others = {k: v for k, v in best["params"].items() if k != key}
+        entries.append(
+            Entry(
+                best["params"][key],
+                best["point"],
+                others,
+                best["seeds"],
+                best["values"],
+                summarize(best["values"]),
+                len(group),
+            )
+        )
+    entries.sort(key=lambda e: -sign * e.summary.mean)
+    raw = []
+    for first, second in itertools.combinations(entries, 2):
+        mine, theirs = (
+            dict(zip(first.seeds, first.values, strict=True)),
+            dict(zip(second.seeds, second.values, strict=True)),
+        )
+        shared = sorted(set(mine) & set(theirs))
+        if len(shared) < 2:
+            raw.append((first, second, len(shared), None, math.nan, math.nan))
+            continue
+        a, b = [mine[s] for s in shared], [theirs[s] for s in shared]
+        t, p = paired_t_test(a, b)
+        raw.append((first, second, len(shared), summarize([x - y for x, y in zip(a, b, strict=True)]), t, p))
+    adjusted = holm([r[5] for r in raw])
+    return entries, [Pair(*r, p_holm=q) for r, q in zip(raw, adjusted, strict=True)]
+
+
+def write_comparison(
+    trials: Sequence[FrozenTrial], key: str, metric: str, direction: str, folder: Path, plot: bool = True
+) -> None:
+    """Writes ``compare.csv``, ``compare.md`` and (with ``plot``) ``compare.png`` for ``key`` into ``folder``."""
+    entries, pairs = compare(trials, key, direction)
+    if not entries:
+        return
+    other_keys = list(entries[0].others)
+    header = [
+        "rank",
+        short_key(key),
+        "point",
+        *map(short_key, other_keys),
+        "points_tried",
+        "n",
+        "mean",
+        "sd",
+        "ci95_low",
+        "ci95_high",
+    ]
+    rows = [
+        [rank, label(e.value), e.point, *(label(e.others[k]) for k in other_keys), e.tried, e.summary.n]
+        + [_number(x) for x in (e.summary.mean, e.summary.sd, e.summary.ci_low, e.summary.ci_high)]
+        for rank, e in enumerate(entries, 1)
+    ]
+    atomic_write_text(folder / "compare.csv", _csv(header, rows))
+    atomic_write_text(folder / "compare.md", _markdown(entries, pairs, key, metric, direction))
+    if plot:
+        _plot(entries, key, metric, folder / "compare.png")
+
+
+def _markdown(entries: list[Entry], pairs: list[Pair], key: str, metric: str, direction: str) -> str:
+    name = short_key(key)
+    most = max(e.tried for e in entries)
+    lines = [
+        f"# Comparing `{key}`, each value at its best point",
+        "",
+        f"Metric: `{metric}` ({direction}). Each value is shown at the point with its best mean over seeds"
+        + (f" among the {most} points it was tried at" if most > 1 else "")
+        + ". The choice and the figures come from the same seeds, so every value's figure is optimistic in the same "
+        "way; an independent confirmation uses new seeds at the chosen points.",
+        "",
+        f"| rank | {name} | point | " + "".join(f"`{k}` | " for k in entries[0].others) + "n | mean ± sd | 95% CI |",
+        "|---:|---|---:|" + "---|" * len(entries[0].others) + "---:|---|---|",
+    ]
+    for rank, e in enumerate(entries, 1):
+        s = e.summary
+        spread = f" ± {s.sd:.4f}" if s.n > 1 else ""
+        ci = f"[{s.ci_low:.4f}, {s.ci_high:.4f}]" if s.n > 1 else ""
+        cells = [str(rank), f"**{label(e.value)}**" if rank == 1 else label(e.value), str(e.point)]
+        cells += [label(v) for v in e.others.values()] + [str(s.n), f"{s.mean:.4f}{spread}", ci]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Every pair, paired t-test over the seeds both ran (two-sided); Holm-adjusted p over the {len(pairs)} pairs, "
+        f"α = {ALPHA}:",
+        "",
+        "| pair | seeds | difference, mean [95% CI] | t | p | p (Holm) | verdict |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for pair in pairs:
+        names = f"{label(pair.first.value)} − {label(pair.second.value)}"
+        if pair.difference is None:
+            lines.append(f"| {names} | {pair.n} | not tested (needs 2 shared seeds) | | | | |")
+            continue
+        d = pair.difference
+        verdict = "**differs**" if pair.p_holm < ALPHA else "no significant difference"
+        if math.isnan(pair.p):
+            verdict = "identical on every seed"
+        lines.append(
+            f"| {names} | {pair.n} | {d.mean:+.4f} [{d.ci_low:+.4f}, {d.ci_high:+.4f}] | {pair.t:.3g} | "
+            f"{pair.p:.3g} | {pair.p_holm:.3g} | {verdict} |"
+        )
+    lines += ["", "![compare](compare.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(entries: list[Entry], key: str, metric: str, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("compare.png skipped: matplotlib is not installed (pip install matplotlib)")
+        return
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(entries) + 1.5), 4.0))
+    for x, e in enumerate(entries):
+        s = e.summary
+        half = 0.0 if math.isnan(s.ci_low) else s.mean - s.ci_low
+        ax.errorbar(x, s.mean, yerr=half, fmt="o", color="tab:blue", capsize=5, markersize=7, zorder=3)
+        ax.scatter([x + 0.15] * len(e.values), e.values, s=14, color="0.35", zorder=2)
+    ax.set_xticks(range(len(entries)))
+    ticks = [f"{label(e.value)}\n{point_label(e.others).replace(', ', chr(10))}" for e in entries]
+    ax.set_xticklabels(ticks, fontsize=7)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{short_key(key)}, each at its best point: mean, 95% t interval, seeds as dots", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def comparison_text(trials: Sequence[FrozenTrial], key: str, direction: str) -> str:
+    """The ranking as a few console lines (``--report --compare``)."""
+    entries, _ = compare(trials, key, direction)
+    out = io.StringIO()
+    for rank, e in enumerate(entries, 1):
+        s = e.summary
+        spread = f" ± {s.sd:.4f}" if s.n > 1 else ""
+        others = f" ({point_label(e.others)})" if e.others else ""
+        out.write(f"{rank}. {label(e.value)}{others}: {s.mean:.4f}{spread} over {s.n} seed(s)\n")
+    return out.getvalue()
