@@ -39,7 +39,11 @@ LINK = re.compile(r"\]\(([^)\s#]+)(#[^)\s]*)?\)")
 
 
 def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
-    """Rewrites links to a file of ``OUTSIDE`` by its repository path into links to its page on the site."""
+    """Points repository paths at the site: links to a file of ``OUTSIDE`` at its page, links from one into docs/.
+
+    ``../../RESULTS.md`` in a guide becomes the results page; ``docs/results/x.png`` in RESULTS.md becomes
+    ``results/x.png``, where the site publishes docs/.
+    """
     here = Path(page.file.abs_src_path).parent
     published_from = Path(page.file.src_uri).parent
 
@@ -48,6 +52,10 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         if "://" in target:
             return match.group(0)
         path = (here / target).resolve()
+        docs = ROOT / "docs"
+        if path.is_relative_to(docs) and not here.is_relative_to(docs):
+            # RESULTS.md's `docs/results/x.png`: the site publishes docs/ at its root.
+            return f"]({os.path.relpath(path.relative_to(docs), published_from).replace(os.sep, '/')}{anchor})"
         if not path.is_relative_to(ROOT) or path.relative_to(ROOT).as_posix() not in OUTSIDE:
             return match.group(0)
         return f"]({os.path.relpath(path.relative_to(ROOT), published_from).replace(os.sep, '/')}{anchor})"
