@@ -19,7 +19,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from bertft.io import atomic_write_text
-from bertft.sweep.report import ALPHA, _csv, _number, point_label, point_results
+from bertft.sweep.report import ALPHA, _csv, _number, plot_intervals, point_label, point_results
 from bertft.sweep.spec import SweepError, encode, label, short_key
 from bertft.sweep.stats import Summary, holm, paired_t_test, summarize
 
@@ -185,29 +185,12 @@ def _markdown(entries: list[Entry], pairs: list[Pair], key: str, metric: str, di
 
 
 def _plot(entries: list[Entry], key: str, metric: str, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("compare.png skipped: matplotlib is not installed (pip install matplotlib)")
-        return
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(entries) + 1.5), 4.0))
-    for x, e in enumerate(entries):
-        s = e.summary
-        half = 0.0 if math.isnan(s.ci_low) else s.mean - s.ci_low
-        ax.errorbar(x, s.mean, yerr=half, fmt="o", color="tab:blue", capsize=5, markersize=7, zorder=3)
-        ax.scatter([x + 0.15] * len(e.values), e.values, s=14, color="0.35", zorder=2)
-    ax.set_xticks(range(len(entries)))
-    ticks = [f"{label(e.value)}\n{point_label(e.others).replace(', ', chr(10))}" for e in entries]
-    ax.set_xticklabels(ticks, fontsize=7)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{short_key(key)}, each at its best point: mean, 95% t interval, seeds as dots", fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    columns = [
+        (e.summary, e.values, f"{label(e.value)}\n{point_label(e.others).replace(', ', chr(10))}", "tab:blue")
+        for e in entries
+    ]
+    title = f"{short_key(key)}, each at its best point: mean, 95% t interval, seeds as dots"
+    plot_intervals(columns, metric, title, path, width=max(5.0, 1.1 * len(entries) + 1.5))
 
 
 def comparison_text(trials: Sequence[FrozenTrial], key: str, direction: str) -> str:

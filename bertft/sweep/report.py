@@ -251,26 +251,44 @@ def _csv_as_md(path: Path) -> list[str]:
 
 
 def _plot(rows: list[dict[str, Any]], best: int | None, metric: str, path: Path, title: str) -> None:
+    columns = [
+        (
+            row["summary"],
+            row["values"],
+            f"{row['point']}\n{point_label(row['params']).replace(', ', chr(10))}",
+            "tab:red" if row["point"] == best else "tab:blue",
+        )
+        for row in rows
+    ]
+    title = f"sweep {title}\nmean and 95% t interval per point; dots: seeds; red: best"
+    plot_intervals(columns, metric, title, path, width=max(5.0, 0.9 * len(rows) + 2))
+
+
+def plot_intervals(
+    columns: Sequence[tuple[Summary, Sequence[float], str, str]], metric: str, title: str, path: Path, width: float
+) -> None:
+    """Plots one column per (summary, seed values, tick label, colour): the mean, its 95% t interval, the seeds.
+
+    Used by ``summary.png`` and ``compare.png``; prints a line and writes nothing without matplotlib.
+    """
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("summary.png skipped: matplotlib is not installed (pip install matplotlib)")
+        print(f"{path.name} skipped: matplotlib is not installed (pip install matplotlib)")
         return
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 4.0))
-    for x, row in enumerate(rows):
-        s: Summary = row["summary"]
-        color = "tab:red" if row["point"] == best else "tab:blue"
+    fig, ax = plt.subplots(figsize=(width, 4.0))
+    for x, (s, values, _, color) in enumerate(columns):
         half = 0.0 if math.isnan(s.ci_low) else s.mean - s.ci_low
         ax.errorbar(x, s.mean, yerr=half, fmt="o", color=color, capsize=5, markersize=7, zorder=3)
-        jitter = [x + 0.12 + 0.04 * (i % 3) for i in range(len(row["values"]))]
-        ax.scatter(jitter, row["values"], s=14, color="0.35", zorder=2)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{r['point']}\n{point_label(r['params']).replace(', ', chr(10))}" for r in rows], fontsize=7)
+        jitter = [x + 0.12 + 0.04 * (i % 3) for i in range(len(values))]
+        ax.scatter(jitter, values, s=14, color="0.35", zorder=2)
+    ax.set_xticks(range(len(columns)))
+    ax.set_xticklabels([column[2] for column in columns], fontsize=7)
     ax.set_ylabel(metric)
-    ax.set_title(f"sweep {title}\nmean and 95% t interval per point; dots: seeds; red: best", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
