@@ -1,4 +1,5 @@
-"""What host memory reuse (``bertft.allocator``) buys: two training processes, one with it, stepped alternately.
+"""What host memory reuse (``bertft.training.allocator``) buys: two training processes, one with it,
+stepped alternately.
 
 Both processes build the quickstart's model (``FineTuner``, fused AdamW over bertft's parameter groups) from the same
 seed, read the same batches (SST-2, or the long texts of ``train_speed.py`` at 256 tokens), and warm up on every one
@@ -23,7 +24,7 @@ MODES = ["default malloc", "reuse_freed_memory()"]
 
 def child(mode: str, data: str, steps: int) -> None:
     os.environ["BERTFT_MALLOC"] = "system"  # the CLI would turn reuse on: leave the choice to this benchmark
-    from bertft.allocator import reuse_freed_memory
+    from bertft.training.allocator import reuse_freed_memory
 
     if mode == MODES[1]:
         os.environ.pop("BERTFT_MALLOC")

@@ -3,7 +3,7 @@
 Runs the packaged MiniLM with a mean head on real SST-2 batches (bertft's own length-grouped batches, batch 32):
 forward, backward and a fused AdamW step, every batch shape warmed up first, then the two precisions interleaved over
 ``--rounds`` rounds so machine noise hits both alike. Prints each round's ratio (bf16 time / fp32 time), the median,
-and the precision :func:`bertft.precision.default_precision` picks here.
+and the precision :func:`bertft.training.precision.default_precision` picks here.
 
     python benchmarks/precision.py              # about 2 minutes on 2 CPU cores
     python benchmarks/precision.py --device cuda --steps 50
@@ -25,7 +25,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from bertft.data import TextDataModule  # noqa: E402
 from bertft.model import FineTuner  # noqa: E402
-from bertft.precision import default_precision  # noqa: E402
+from bertft.training.precision import default_precision  # noqa: E402
 
 
 def main() -> None:

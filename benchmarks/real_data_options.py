@@ -75,7 +75,7 @@ def common(out: Path, seed: int) -> list[str]:
         f"--data.seed={seed}",
         "--trainer.accelerator=cpu",
         "--trainer.enable_progress_bar=false",
-        "--trainer.logger=bertft.loggers.CSVLogger",
+        "--trainer.logger=bertft.training.loggers.CSVLogger",
         "--trainer.log_every_n_steps=10",
         "--tracking.misclassified=0",
         "--resume.every_n_steps=0",

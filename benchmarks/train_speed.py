@@ -464,8 +464,8 @@ def run_predict(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from bertft import FineTuner, Predictor
+    from bertft.deploy.inference import EncoderWithHead
     from bertft.encoder import resolve_encoder
-    from bertft.inference import EncoderWithHead
 
     path = resolve_encoder("minilm")
     tok = AutoTokenizer.from_pretrained(path)

@@ -1,5 +1,14 @@
-"""bertft: fine-tune BERT-family encoders with PyTorch Lightning and pluggable heads."""
+"""bertft: fine-tune BERT-family encoders with PyTorch Lightning and pluggable heads.
 
+The package, by role (docs/guides/development.md, "Layout"): the model a researcher reads at the top
+(:mod:`~bertft.encoder`, :mod:`~bertft.heads`, :mod:`~bertft.model`, :mod:`~bertft.tasks`, :mod:`~bertft.optim`,
+:mod:`~bertft.ner`); :mod:`bertft.data` (files to batches); :mod:`bertft.training` (the machinery around ``fit``);
+:mod:`bertft.deploy` (what uses a trained model: export, inference); :mod:`bertft.sweep` (many runs over seeds); and
+:mod:`bertft.cli`, which dispatches the commands.
+"""
+
+from bertft import _moved
+from bertft.deploy.inference import Predictor, load
 from bertft.encoder import EncoderOutput, load_encoder, resolve_encoder
 from bertft.heads import (
     CLSHead,
@@ -11,10 +20,11 @@ from bertft.heads import (
     TokenHead,
     WeightedLayersHead,
 )
-from bertft.inference import Predictor, load
 from bertft.model import FineTuner
 
 __version__ = "0.1.0"
+
+_moved.install()  # bertft.loggers, bertft.inference, ... (the paths before bertft.training/deploy) still import
 
 __all__ = [
     "CLSHead",

@@ -170,7 +170,7 @@ class FineTuner(L.LightningModule):
                     module.p = encoder_dropout
         if freeze_embeddings:
             set_requires_grad(embeddings_module(self.encoder), False)
-        # What FSDP's auto-wrap policy wraps (bertft.distributed). Weights that several layers share (ALBERT) stay in
+        # What FSDP's auto-wrap policy wraps (distributed.py). Weights that several layers share (ALBERT) stay in
         # the root unit: wrapped on their own they would be gathered and freed again for every layer that runs them.
         if not shares_layer_weights(self.encoder):
             for layer in transformer_layers(self.encoder):
@@ -350,7 +350,8 @@ class FineTuner(L.LightningModule):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The trainable parameters' optimiser groups: no-decay, layer-wise decay, head and mixing learning rates.
 
-        Frozen parameters are left out; :class:`~bertft.freezing.LayerFreezing` adds them with these same settings
+        Frozen parameters are left out; :class:`~bertft.training.freezing.LayerFreezing` adds
+        them with these same settings
         when it unfreezes them.
         """
         hp = self.hparams

@@ -1,4 +1,4 @@
-"""bertft.allocator: freed activation-sized buffers are reused, not mapped and zero-filled again every step."""
+"""bertft.training.allocator: freed activation-sized buffers are reused, not mapped and zero-filled again every step."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bertft import allocator
+from bertft.training import allocator
 
 from .test_cli import quick_args, sst2_rows, write_tsv
 
@@ -18,7 +18,7 @@ from .test_cli import quick_args, sst2_rows, write_tsv
 # rounds may still grow the heap while small objects settle into it.
 PROBE = """
 import json, resource, sys, torch
-from bertft.allocator import reuse_freed_memory
+from bertft.training.allocator import reuse_freed_memory
 changed = reuse_freed_memory() if sys.argv[1] == "on" else False
 faults = []
 for _ in range(6):
@@ -57,9 +57,10 @@ def test_a_deliberate_allocator_choice_is_left_alone(monkeypatch: pytest.MonkeyP
 
 def test_the_command_line_turns_it_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_bert_dir: Path) -> None:
     from bertft import cli
+    from bertft.training import lightning_cli
 
     calls = []
-    monkeypatch.setattr(cli, "reuse_freed_memory", lambda: calls.append(True) or True)
+    monkeypatch.setattr(lightning_cli, "reuse_freed_memory", lambda: calls.append(True) or True)
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 16))
     cli.main(["--model.encoder", str(tiny_bert_dir), f"--data.train_file={train}", "--data.text_column=sentence",
               "--data.label_column=label", "--data.quoting=false", *quick_args(tmp_path)], run=False)  # fmt: skip

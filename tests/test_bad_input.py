@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import bertft
-from bertft.checks import UnsafeCheckpointError, checkpoint_mismatches
 from bertft.cli import main
 from bertft.encoder import resolve_encoder
+from bertft.training.checks import UnsafeCheckpointError, checkpoint_mismatches
 
 from .test_cli import sst2_rows, write_tsv
 

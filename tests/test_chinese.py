@@ -12,8 +12,8 @@ import pytest
 from bertft import FineTuner
 from bertft.data import TextDataModule, TokenDataModule
 from bertft.data.conll import TOKENS
+from bertft.deploy.inference import EncoderWithHead, Predictor
 from bertft.heads import MeanHead, TokenHead
-from bertft.inference import EncoderWithHead, Predictor
 
 from .families import ZH
 

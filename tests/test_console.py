@@ -17,10 +17,11 @@ import pytest
 from lightning.pytorch.callbacks import RichModelSummary
 from lightning.pytorch.utilities import rank_zero_info
 
-from bertft import FineTuner, console
+from bertft import FineTuner
 from bertft.cli import main
-from bertft.console import PlainModelSummary, ProgressLog, RichSummary
 from bertft.data import TextDataModule
+from bertft.training import console
+from bertft.training.console import PlainModelSummary, ProgressLog, RichSummary
 
 from .test_cli import quick_args, sst2_rows, write_tsv
 

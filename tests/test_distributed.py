@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from bertft import FineTuner
-from bertft.distributed import wrap_encoder_layers
+from bertft.training.distributed import wrap_encoder_layers
 
 from .ddp import assert_same_collectives, free_port, last_collectives, launch, read_collectives
 from .test_cli import ROOT, sst2_rows, write_tsv

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertft.faults import find_last_checkpoint
+from bertft.training.faults import find_last_checkpoint
 
 from .ddp import free_port, launch
 from .test_cli import sst2_rows, write_tsv

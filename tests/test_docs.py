@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bertft.cli import main
-from bertft.export import build_parser
+from bertft.deploy.export import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

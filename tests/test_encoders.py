@@ -22,11 +22,11 @@ from bertft.cli import main
 from bertft.data import TextDataModule, TokenCollator, TokenDataModule, load_tokenizer, read_token_file
 from bertft.data.conll import TAGS, TOKENS
 from bertft.data.tokens import TokenEncodeSettings, encode_sentences, word_tokenizer
-from bertft.distributed import wrap_encoder_layers
+from bertft.deploy.inference import load
 from bertft.encoder import embeddings_module, transformer_layers
 from bertft.heads import CLSHead, MeanHead, PoolerHead, TokenHead
-from bertft.inference import load
 from bertft.optim import parameter_groups
+from bertft.training.distributed import wrap_encoder_layers
 
 from .conftest import read_sst2
 from .families import FAMILIES, ZH, Family
@@ -256,7 +256,7 @@ def test_token_classification_fits_and_tags_every_word(family: Family, family_di
 
 
 def load_predictor(model: FineTuner, encoder: str):
-    from bertft.inference import EncoderWithHead, Predictor
+    from bertft.deploy.inference import EncoderWithHead, Predictor
 
     model.eval()
     return Predictor(EncoderWithHead(model.encoder, model.head), load_tokenizer(encoder), "token",

@@ -18,10 +18,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from bertft import FineTuner
+from bertft.deploy.export import ONNX_FILE, export, main
+from bertft.deploy.inference import HEAD_WEIGHTS, MANIFEST, EncoderWithHead, Predictor, load
 from bertft.encoder import load_encoder
-from bertft.export import ONNX_FILE, export, main
 from bertft.heads import MeanHead, PoolerHead, WeightedLayersHead
-from bertft.inference import HEAD_WEIGHTS, MANIFEST, EncoderWithHead, Predictor, load
 
 from .conftest import MINILM, read_sst2
 from .test_model import fit, make_batches
@@ -91,7 +91,7 @@ def test_a_fresh_process_with_the_folder_alone_reproduces_the_checkpoint_exactly
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     script = textwrap.dedent(
         f"""
-        import json, bertft.inference as inf
+        import json, bertft.deploy.inference as inf
         from safetensors.torch import save_file
         texts = json.load(open("texts.json"))
         predictor = inf.load({str(exported)!r})
@@ -206,7 +206,7 @@ def test_a_failed_export_leaves_nothing_behind(checkpoint: Path, tmp_path: Path,
     def crash(*args, **kwargs):
         raise RuntimeError("killed mid-export")
 
-    monkeypatch.setattr("bertft.export.save_file", crash)  # the head's weights, written after the encoder's
+    monkeypatch.setattr("bertft.deploy.export.save_file", crash)  # the head's weights, written after the encoder's
     with pytest.raises(RuntimeError, match="killed"):
         export(checkpoint, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bertft import precision
 from bertft.cli import main
+from bertft.training import precision
 
 from .test_cli import quick_args, sst2_rows, write_tsv
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from bertft.bundled import resolve_path
 from bertft.data import TextDataModule
-from bertft.prediction import PredictionWriter, merge_outputs, prediction_frame, write_atomically
+from bertft.training.prediction import PredictionWriter, merge_outputs, prediction_frame, write_atomically
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 

@@ -16,8 +16,8 @@ import torch
 
 from bertft.cli import main
 from bertft.data.sampler import LengthGroupedBatchSampler, ResumableDataLoader
-from bertft.faults import AtomicCheckpointIO
 from bertft.io import atomic_write_text
+from bertft.training.faults import AtomicCheckpointIO
 
 from .test_cli import quick_args, sst2_rows, write_tsv
 
@@ -103,7 +103,7 @@ def fit_command(out: Path, train: Path, val: Path, *extra: str) -> list[str]:
         "--trainer.accelerator=cpu",
         "--trainer.precision=32",
         "--trainer.enable_progress_bar=false",
-        "--trainer.logger=bertft.loggers.CSVLogger",
+        "--trainer.logger=bertft.training.loggers.CSVLogger",
         "--trainer.log_every_n_steps=1",
         "--tracking.misclassified=0",
         "--seed_everything=7",

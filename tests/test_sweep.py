@@ -48,7 +48,7 @@ def base_config(tmp_path: Path, tiny_bert_dir: Path) -> Path:
             "accelerator": "cpu",
             "enable_progress_bar": False,
             "enable_model_summary": False,
-            "logger": {"class_path": "bertft.loggers.CSVLogger", "init_args": {"name": "csv"}},
+            "logger": {"class_path": "bertft.training.loggers.CSVLogger", "init_args": {"name": "csv"}},
         },
     }
     path = tmp_path / "base.yaml"

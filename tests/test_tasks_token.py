@@ -286,7 +286,7 @@ def test_fit_then_predict_through_the_cli(tmp_path: Path, tiny_bert_dir: Path, d
 
 
 def test_predictor_tags_words_like_a_direct_forward_and_windows_long_sentences(tiny_bert_dir: Path, dev: Table) -> None:
-    from bertft.inference import EncoderWithHead, Predictor
+    from bertft.deploy.inference import EncoderWithHead, Predictor
 
     model = FineTuner(str(tiny_bert_dir), head=TokenHead(), task="token", num_labels=9, label_names=TAG_SET).eval()
     tok = load_tokenizer(str(tiny_bert_dir))

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from bertft.cli import main
-from bertft.loggers import WandbLogger, redact, wandb_login_found
+from bertft.training.loggers import WandbLogger, redact, wandb_login_found
 
 from .test_cli import ROOT, sst2_rows, write_tsv
 
@@ -85,7 +85,7 @@ def test_wandb_run_config_holds_the_resolved_config_once(wandb_run) -> None:
     config = summary["config"]
     assert config["model"]["head"]["class_path"] == "bertft.heads.WeightedLayersHead"
     assert Path(config["model"]["encoder"]).name.startswith("tiny_bert")
-    assert config["trainer"]["logger"]["class_path"] == "bertft.loggers.WandbLogger"
+    assert config["trainer"]["logger"]["class_path"] == "bertft.training.loggers.WandbLogger"
     # Once: the model's and data's hyperparameters are not repeated at the root (the stock Lightning behaviour).
     assert not {"encoder", "head", "lr", "train_file"} & set(config)
     assert set(config["run_info"]["packages"]) >= {"torch", "lightning", "transformers", "wandb", "bertft"}
@@ -226,7 +226,7 @@ def test_redact() -> None:
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_run_info_records_the_commit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bertft.loggers import run_info
+    from bertft.training.loggers import run_info
 
     monkeypatch.chdir(ROOT)
     info = run_info()

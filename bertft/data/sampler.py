@@ -227,10 +227,10 @@ class ResumableDataLoader(DataLoader):
 
     Lightning stores ``state_dict()`` of every training loader in its checkpoints and calls ``load_state_dict`` before
     iterating again after a restart (for models that build the loader before the restore, e.g. to read
-    ``estimated_stepping_batches``, :class:`bertft.faults.ResumeCheckpoint` makes that call). The position saved is
-    the number of batches handed to the training loop, not the number the sampler produced: worker processes fetch
-    ahead. After a restart the loader yields exactly the batches an uninterrupted run would have yielded next, and no
-    batch twice.
+    ``estimated_stepping_batches``, :class:`~bertft.training.faults.ResumeCheckpoint` makes that call). The position
+    saved is the number of batches handed to the training loop, not the number the sampler produced: worker processes
+    fetch ahead. After a restart the loader yields exactly the batches an uninterrupted run would have yielded next,
+    and no batch twice.
     """
 
     batch_sampler: LengthGroupedBatchSampler

@@ -24,11 +24,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from bertft.faults import find_last_checkpoint
 from bertft.sweep import study as studies
 from bertft.sweep.report import point_label, point_results, write_report
 from bertft.sweep.spec import SweepSpec
 from bertft.sweep.validate import overlay_yaml
+from bertft.training.faults import find_last_checkpoint
 
 #: Seconds a worker waits before looking again for work, while other workers' trials run.
 POLL = 2.0

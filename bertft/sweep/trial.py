@@ -167,6 +167,6 @@ def _die_with_parent() -> None:
 
 if __name__ == "__main__":
     _die_with_parent()
-    from bertft.cli import main
+    from bertft.training.lightning_cli import main
 
-    main()  # reads sys.argv[1:]: the subcommand and its options
+    main()  # reads sys.argv[1:]: the subcommand (fit, or test for --test_best) and its options

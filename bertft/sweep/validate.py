@@ -17,6 +17,7 @@ import yaml
 
 from bertft.sweep.spec import Choices, SweepError, SweepSpec, nested
 from bertft.tasks import PRIMARY_METRIC, metrics
+from bertft.training.lightning_cli import known_keys, parse_config
 
 
 def overlay_yaml(flat: dict[str, Any]) -> str:
@@ -30,11 +31,9 @@ def check_spec(spec: SweepSpec) -> None:
     Raises:
         SweepError: One line naming the sweep file, the key or value, and what to do.
     """
-    from bertft.cli import _known_keys, parse_config
-
     base = [arg for config in spec.configs for arg in ("--config", str(config))]
     parser, config = parse_config(base)
-    known = set(_known_keys(parser)) | set(config.keys())
+    known = set(known_keys(parser)) | set(config.keys())
     known |= {".".join(k.split(".")[:i]) for k in set(known) for i in range(1, k.count(".") + 1)}
     for section, keys in (("overrides", spec.overrides), ("space", spec.space)):
         for key in keys:

@@ -1,4 +1,4 @@
-"""How each logger shows what :class:`~bertft.tracking.Tracker` collects, in its own way.
+"""How each logger shows what :class:`~bertft.training.tracking.Tracker` collects, in its own way.
 
 W&B gets charts and tables, TensorBoard text tables, custom-scalar layouts and figures, CSV files beside
 ``metrics.csv``.

@@ -1,7 +1,7 @@
 """Using a fine-tuned model: load an exported folder (or a checkpoint) and predict on a list of texts.
 
-An exported folder (see :mod:`bertft.export`) holds only safetensors, JSON and tokenizer files, so loading it runs no
-pickle. Every file it lists is checked against its sha256 before anything is built.
+An exported folder (see :mod:`~bertft.deploy.export`) holds only safetensors, JSON and tokenizer files, so loading it
+runs no pickle. Every file it lists is checked against its sha256 before anything is built.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from bertft.checks import read_checkpoint_safely
 from bertft.data.conll import TAGS, TOKENS
 from bertft.data.encode import ROW
 from bertft.data.files import Table
@@ -28,6 +27,7 @@ from bertft.encoder import forward_arguments, load_encoder, resolve_encoder, run
 from bertft.heads import Head
 from bertft.model import FineTuner, head_from_config
 from bertft.ner import entities
+from bertft.training.checks import read_checkpoint_safely
 
 #: The description of an exported folder: head, task, labels, versions and the sha256 of every other file.
 MANIFEST = "bertft.json"
@@ -132,7 +132,7 @@ def read_checkpoint(ckpt_path: str | Path) -> tuple[FineTuner, str, int | None]:
 
     Raises:
         FileNotFoundError: No file at ``ckpt_path``.
-        UnsafeCheckpointError: The file would run code as it is unpickled (see :mod:`bertft.checks`); nothing ran.
+        UnsafeCheckpointError: The file would run code as it is unpickled (:mod:`~bertft.training.checks`); nothing ran.
         ValueError: The file is truncated or not a checkpoint.
     """
     path = Path(ckpt_path)
@@ -341,7 +341,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtyp
     """Loads an exported folder (or a Lightning checkpoint) for inference; needs nothing but the folder.
 
     Args:
-        path: A folder written by :func:`bertft.export.export`, or a ``.ckpt`` file (then as
+        path: A folder written by :func:`bertft.deploy.export.export`, or a ``.ckpt`` file (then as
             :meth:`Predictor.from_checkpoint`: loaded with ``weights_only=True``, the encoder's files must be at hand).
         device: Where to run, e.g. ``"cuda"``.
         dtype: Weight dtype of the encoder, e.g. ``torch.bfloat16``; ``None`` keeps float32.

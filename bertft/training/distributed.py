@@ -49,9 +49,9 @@ def wrap_encoder_layers(module: nn.Module, recurse: bool, nonwrapped_numel: int)
 
     :class:`~bertft.FineTuner` tags the encoder's layers (BERT's ``BertLayer``, DistilBERT's ``TransformerBlock``,
     ...) when it loads them, so one policy serves every BERT-family encoder. Use it from YAML as
-    ``auto_wrap_policy: bertft.distributed.wrap_encoder_layers``. An encoder whose layers share one set of weights
-    (ALBERT) gets no per-layer units: its shared layer stays in the root unit, gathered once per step rather than
-    once for each of the layers that run it.
+    ``auto_wrap_policy: bertft.training.distributed.wrap_encoder_layers``. An encoder whose layers share one set of
+    weights (ALBERT) gets no per-layer units: its shared layer stays in the root unit, gathered once per step rather
+    than once for each of the layers that run it.
 
     Args:
         module: The module FSDP considers.

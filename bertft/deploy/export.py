@@ -41,9 +41,9 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
+from bertft.deploy.inference import FORMAT_VERSION, HEAD_WEIGHTS, MANIFEST, EncoderWithHead, read_checkpoint, sha256
 from bertft.encoder import resolve_encoder
 from bertft.heads import PoolerHead
-from bertft.inference import FORMAT_VERSION, HEAD_WEIGHTS, MANIFEST, EncoderWithHead, read_checkpoint, sha256
 from bertft.model import FineTuner
 
 #: Model types whose ``...ForSequenceClassification`` is pooler -> dropout -> ``classifier`` linear, so a

@@ -15,12 +15,14 @@ seconds or steps instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -83,6 +85,17 @@ def unquiet() -> None:
     """Puts back everything :func:`quiet` hid (``--show_library_output``, and at the end of each command)."""
     while _undo:
         _undo.pop()()
+
+
+@contextlib.contextmanager
+def quieted() -> Iterator[None]:
+    """One command's span: :func:`quiet` (unless ``BERTFT_DEBUG`` is set), then :func:`unquiet` however it ends."""
+    if not os.environ.get("BERTFT_DEBUG"):
+        quiet()
+    try:
+        yield
+    finally:
+        unquiet()
 
 
 # --- model summary ------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torch.optim import Optimizer
 
-from bertft.dashboards import log_confusion, log_scatter, log_table, setup_dashboards
+from bertft.training.dashboards import log_confusion, log_scatter, log_table, setup_dashboards
 
 
 def _logging_step(trainer: Trainer) -> bool:
