@@ -21,8 +21,7 @@ from bertft.heads import (
     WeightedLayersHead,
 )
 from bertft.model import FineTuner
-
-__version__ = "0.1.0"
+from bertft.version import __version__
 
 _moved.install()  # bertft.loggers, bertft.inference, ... (the paths before bertft.training/deploy) still import
 

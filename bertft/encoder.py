@@ -284,6 +284,53 @@ def embeddings_module(encoder: nn.Module) -> nn.Module:
     return word
 
 
+def adapt_encoder(
+    encoder: PreTrainedModel,
+    *,
+    gradient_checkpointing: bool = False,
+    dropout: float | None = None,
+    freeze_embeddings: bool = False,
+    freeze: bool = False,
+) -> None:
+    """Prepares a loaded encoder for fine-tuning, in place (:class:`~bertft.FineTuner`'s options of the same names).
+
+    Also marks each transformer layer (``bertft_encoder_layer``) for FSDP's auto-wrap policy
+    (:func:`bertft.training.distributed.wrap_encoder_layers`), so one policy serves every family.
+
+    Args:
+        encoder: The encoder, as :func:`load_encoder` returns it.
+        gradient_checkpointing: Recompute activations in the backward pass (non-reentrant).
+        dropout: Every dropout probability in the encoder (hidden and attention); ``None`` keeps the checkpoint's.
+        freeze_embeddings: Freeze the embedding layer (its LayerNorm too).
+        freeze: Freeze the whole encoder and keep it in eval mode.
+
+    Raises:
+        ValueError: ``gradient_checkpointing`` on an encoder transformers does not implement it for.
+    """
+    if gradient_checkpointing:
+        if not encoder.supports_gradient_checkpointing:
+            raise ValueError(
+                f"gradient_checkpointing: transformers does not implement it for {type(encoder).__name__} "
+                f"({encoder.config.model_type}). Set gradient_checkpointing: false, and save memory with a smaller "
+                "batch_size and gradient accumulation (trainer.accumulate_grad_batches) instead."
+            )
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if dropout is not None:
+        for module in encoder.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = dropout
+    if freeze_embeddings:
+        set_requires_grad(embeddings_module(encoder), False)
+    # Weights that several layers share (ALBERT) stay in FSDP's root unit: wrapped on their own they would be
+    # gathered and freed again for every layer that runs them.
+    if not shares_layer_weights(encoder):
+        for layer in transformer_layers(encoder):
+            layer.bertft_encoder_layer = True
+    if freeze:
+        set_requires_grad(encoder, False)
+        encoder.eval()
+
+
 def set_requires_grad(module: nn.Module, flag: bool) -> None:
     """Freezes or unfreezes every parameter of ``module``."""
     for p in module.parameters():

@@ -9,21 +9,11 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
 from bertft import tasks
-from bertft.encoder import (
-    EncoderOutput,
-    embeddings_module,
-    forward_arguments,
-    load_encoder,
-    no_grad_if,
-    run_encoder,
-    set_requires_grad,
-    shares_layer_weights,
-    transformer_layers,
-)
+from bertft.encoder import EncoderOutput, adapt_encoder, forward_arguments, load_encoder, no_grad_if, run_encoder
 from bertft.heads import Head, MeanHead
 from bertft.optim import Schedule, check_layer_lr_decay, make_optimizer, parameter_groups, warmup_then_decay
 from bertft.tasks import Task
@@ -156,28 +146,13 @@ class FineTuner(L.LightningModule):
         self._accepted = forward_arguments(self.encoder)
         check_layer_lr_decay(self.encoder, layer_lr_decay)  # here, not at the first optimiser step
 
-        if gradient_checkpointing:
-            if not self.encoder.supports_gradient_checkpointing:
-                raise ValueError(
-                    f"gradient_checkpointing: transformers does not implement it for {type(self.encoder).__name__} "
-                    f"({config.model_type}). Set gradient_checkpointing: false, and save memory with a smaller "
-                    "batch_size and gradient accumulation (trainer.accumulate_grad_batches) instead."
-                )
-            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if encoder_dropout is not None:
-            for module in self.encoder.modules():
-                if isinstance(module, nn.Dropout):
-                    module.p = encoder_dropout
-        if freeze_embeddings:
-            set_requires_grad(embeddings_module(self.encoder), False)
-        # What FSDP's auto-wrap policy wraps (distributed.py). Weights that several layers share (ALBERT) stay in
-        # the root unit: wrapped on their own they would be gathered and freed again for every layer that runs them.
-        if not shares_layer_weights(self.encoder):
-            for layer in transformer_layers(self.encoder):
-                layer.bertft_encoder_layer = True
-        if freeze_encoder:
-            set_requires_grad(self.encoder, False)
-            self.encoder.eval()
+        adapt_encoder(
+            self.encoder,
+            gradient_checkpointing=gradient_checkpointing,
+            dropout=encoder_dropout,
+            freeze_embeddings=freeze_embeddings,
+            freeze=freeze_encoder,
+        )
 
         metrics = tasks.metrics(task, num_outputs, threshold, self.label_names)
         self.val_metrics = metrics.clone(prefix="val/")

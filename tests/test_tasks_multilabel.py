@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bertft.bundled.make_multilabel import make, sentence_labels
+from bertft.data.make_multilabel import make, sentence_labels
 from bertft.cli import main
 from bertft.data import ReadOptions, read_table
 from bertft.data.labels import parse_labels

@@ -45,6 +45,7 @@ from bertft.deploy.inference import FORMAT_VERSION, HEAD_WEIGHTS, MANIFEST, Enco
 from bertft.encoder import resolve_encoder
 from bertft.heads import PoolerHead
 from bertft.model import FineTuner
+from bertft.version import __version__
 
 #: Model types whose ``...ForSequenceClassification`` is pooler -> dropout -> ``classifier`` linear, so a
 #: :class:`~bertft.heads.PoolerHead` maps onto it weight for weight.
@@ -159,8 +160,6 @@ def _check_output_dir(out: Path, overwrite: bool) -> None:
 
 
 def _write_folder(model: FineTuner, tokenizer_name: str, max_length: int | None, folder: Path, onnx: bool) -> None:
-    import bertft  # here, not at the top: bertft/__init__ may import this module
-
     head = model.head
     hf = hf_sequence_classifier(model)
     (hf if hf is not None else model.encoder).save_pretrained(folder)
@@ -172,7 +171,7 @@ def _write_folder(model: FineTuner, tokenizer_name: str, max_length: int | None,
     manifest: dict[str, Any] = {
         "format": "bertft",
         "format_version": FORMAT_VERSION,
-        "bertft_version": bertft.__version__,
+        "bertft_version": __version__,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "encoder": model.hparams["encoder"],

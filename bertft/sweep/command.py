@@ -144,8 +144,9 @@ def report(folder: Path, compare: str | None = None) -> None:
 def _test_best(spec: SweepSpec, study: Any) -> None:
     """Tests each finished seed of the best point from its best checkpoint; writes ``test_best.csv``."""
     from bertft.sweep import study as studies
-    from bertft.sweep.report import point_label, summarize_points
+    from bertft.sweep.points import point_label, summarize_points
     from bertft.sweep.stats import summarize
+    from bertft.sweep.trial import trial_args, trial_process
 
     trials = studies.sweep_trials(study)
     _, best = summarize_points(trials, str(spec.direction))
@@ -167,14 +168,9 @@ def _test_best(spec: SweepSpec, study: Any) -> None:
         )
         result = folder / "test_result.json"
         result.unlink(missing_ok=True)
-        callback = {
-            "class_path": "bertft.sweep.trial.SweepTrial",
-            "init_args": {"result_file": str(result), "metric": spec.metric},
-        }
-        command = [sys.executable, "-m", "bertft.sweep.trial", "test"]
-        command += [a for c in spec.configs for a in ("--config", str(c))]
-        command += ["--config", str(folder / "sweep_trial.yaml"), "--config", str(overlay), "--ckpt_path", checkpoint]
-        command += ["--trainer.callbacks+=" + json.dumps(callback)]
+        configs = [*spec.configs, folder / "sweep_trial.yaml", overlay]
+        args = trial_args("test", configs, {"result_file": str(result), "metric": spec.metric}, ckpt_path=checkpoint)
+        command = trial_process(args)
         with open(folder / "test.log", "w", encoding="utf-8") as log:
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
         if code != 0 or not result.is_file():

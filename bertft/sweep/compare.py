@@ -19,9 +19,10 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from bertft.io import atomic_write_text
-from bertft.sweep.report import ALPHA, _csv, _number, plot_intervals, point_label, point_results
+from bertft.sweep.points import ALPHA, point_label, point_results
 from bertft.sweep.spec import SweepError, encode, label, short_key
 from bertft.sweep.stats import Summary, holm, paired_t_test, summarize
+from bertft.sweep.tables import csv_text, number, plot_intervals
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,10 @@ def write_comparison(
     ]
     rows = [
         [rank, label(e.value), e.point, *(label(e.others[k]) for k in other_keys), e.tried, e.summary.n]
-        + [_number(x) for x in (e.summary.mean, e.summary.sd, e.summary.ci_low, e.summary.ci_high)]
+        + [number(x) for x in (e.summary.mean, e.summary.sd, e.summary.ci_low, e.summary.ci_high)]
         for rank, e in enumerate(entries, 1)
     ]
-    atomic_write_text(folder / "compare.csv", _csv(header, rows))
+    atomic_write_text(folder / "compare.csv", csv_text(header, rows))
     atomic_write_text(folder / "compare.md", _markdown(entries, pairs, key, metric, direction))
     if plot:
         _plot(entries, key, metric, folder / "compare.png")

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,73 +20,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bertft.io import atomic_write_text
 from bertft.sweep import study as studies
-from bertft.sweep.spec import label, short_key
-from bertft.sweep.stats import Summary, paired_t_test, summarize
-
-#: Significance level of the paired tests.
-ALPHA = 0.05
-_STATES = {
-    TrialState.COMPLETE: "finished",
-    TrialState.PRUNED: "pruned",
-    TrialState.RUNNING: "running",
-    TrialState.WAITING: "waiting",
-}
-
-
-def state_name(trial: FrozenTrial) -> str:
-    """``finished``, ``pruned``, ``failed``, ``interrupted``, ``running`` or ``waiting``."""
-    if trial.state == TrialState.FAIL:
-        return "interrupted" if studies.is_interrupted(trial) else "failed"
-    return _STATES[trial.state]
-
-
-def point_label(params: dict[str, Any]) -> str:
-    """``lr=5e-05, head=MeanHead``: a point's values, short."""
-    return ", ".join(f"{short_key(k)}={label(v)}" for k, v in params.items())
-
-
-def point_results(trials: Sequence[FrozenTrial]) -> list[dict[str, Any]]:
-    """Per point with at least one finished seed: ``point``, ``params``, and ``seeds`` / ``values`` in seed order."""
-    points: dict[int, dict[str, Any]] = {}
-    for trial in trials:
-        attrs = trial.user_attrs
-        if trial.state != TrialState.COMPLETE or trial.value is None:
-            continue
-        entry = points.setdefault(attrs["point"], {"point": attrs["point"], "params": attrs["params"], "by_seed": {}})
-        entry["by_seed"][attrs["seed"]] = trial.value
-    results = []
-    for point in sorted(points):
-        entry = points[point]
-        seeds = sorted(entry.pop("by_seed").items())
-        results.append({**entry, "seeds": [s for s, _ in seeds], "values": [v for _, v in seeds]})
-    return results
-
-
-def summarize_points(trials: Sequence[FrozenTrial], direction: str) -> tuple[list[dict[str, Any]], int | None]:
-    """Each point's :class:`~bertft.sweep.stats.Summary`, and the paired test of the best point against it.
-
-    Returns:
-        Rows (``point``, ``params``, ``summary``, ``failed``, ``pruned``, ``t``, ``p``, ``shared_seeds``) in point
-        order, and the best point's number (``None`` before any trial finished).
-    """
-    results = point_results(trials)
-    pick = max if direction == "maximize" else min
-    best = pick(results, key=lambda r: summarize(r["values"]).mean) if results else None
-    rows = []
-    for result in results:
-        row = {**result, "summary": summarize(result["values"]), "t": math.nan, "p": math.nan, "shared_seeds": 0}
-        attempts = [t for t in trials if t.user_attrs.get("point") == result["point"]]
-        row["failed"] = sum(state_name(t) == "failed" for t in attempts)
-        row["pruned"] = sum(t.state == TrialState.PRUNED for t in attempts)
-        if best is not None and result is not best:
-            mine = dict(zip(result["seeds"], result["values"], strict=True))
-            theirs = dict(zip(best["seeds"], best["values"], strict=True))
-            shared = sorted(set(mine) & set(theirs))
-            row["shared_seeds"] = len(shared)
-            if len(shared) >= 2:
-                row["t"], row["p"] = paired_t_test([theirs[s] for s in shared], [mine[s] for s in shared])
-        rows.append(row)
-    return rows, (best["point"] if best else None)
+from bertft.sweep.compare import write_comparison
+from bertft.sweep.points import ALPHA, point_label, state_name, summarize_points
+from bertft.sweep.spec import label
+from bertft.sweep.stats import Summary
+from bertft.sweep.tables import csv_as_markdown, csv_text, number, plot_intervals
 
 
 def write_report(
@@ -110,21 +46,7 @@ def write_report(
     if plot and rows:
         _plot(rows, best, metric, folder / "summary.png", study.study_name)
     if compare:
-        from bertft.sweep.compare import write_comparison  # imports this module
-
         write_comparison(trials, compare, metric, direction, folder, plot=plot)
-
-
-def _csv(header: list[str], rows: list[list[Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return out.getvalue()
-
-
-def _number(value: float | None) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"
 
 
 def _trials_csv(trials: Sequence[FrozenTrial], keys: list[str], metric: str) -> str:
@@ -138,11 +60,11 @@ def _trials_csv(trials: Sequence[FrozenTrial], keys: list[str], metric: str) -> 
         rows.append(
             [t.number, attrs["point"], attrs["seed"], state_name(t)]
             + [label(attrs["params"].get(k)) for k in keys]
-            + [_number(value)]
-            + [_number(metrics.get(m)) for m in extra]
+            + [number(value)]
+            + [number(metrics.get(m)) for m in extra]
             + [attrs.get("wall_s", ""), attrs.get("folder", ""), attrs.get("error", "")]
         )
-    return _csv(header, rows)
+    return csv_text(header, rows)
 
 
 def _summary_csv(rows: list[dict[str, Any]], keys: list[str], best: int | None) -> str:
@@ -154,11 +76,11 @@ def _summary_csv(rows: list[dict[str, Any]], keys: list[str], best: int | None) 
         differs = "" if math.isnan(row["p"]) else str(row["p"] < ALPHA).lower()
         out.append(
             [row["point"], *(label(row["params"].get(k)) for k in keys), s.n]
-            + [_number(x) for x in (s.mean, s.sd, s.ci_low, s.ci_high, s.min, s.max)]
-            + [row["failed"], row["pruned"], str(row["point"] == best).lower(), _number(row["t"]), _number(row["p"])]
+            + [number(x) for x in (s.mean, s.sd, s.ci_low, s.ci_high, s.min, s.max)]
+            + [row["failed"], row["pruned"], str(row["point"] == best).lower(), number(row["t"]), number(row["p"])]
             + [differs]
         )
-    return _csv(header, out)
+    return csv_text(header, out)
 
 
 def _summary_md(
@@ -227,27 +149,10 @@ def _summary_md(
         ]
     tested = folder / "test_best.csv"
     if tested.is_file():
-        lines += ["", "Test split, best point's checkpoints (`--test_best`):", "", *_csv_as_md(tested)]
+        lines += ["", "Test split, best point's checkpoints (`--test_best`):", "", *csv_as_markdown(tested)]
     if rows:
         lines += ["", "![summary](summary.png)"]
     return "\n".join(lines) + "\n"
-
-
-def _csv_as_md(path: Path) -> list[str]:
-    with open(path, encoding="utf-8", newline="") as f:
-        table = list(csv.reader(f))
-    if not table:
-        return []
-
-    def cell(text: str) -> str:
-        try:
-            return f"{float(text):.4f}" if "." in text else text
-        except ValueError:
-            return text  # a path
-
-    return ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])] + [
-        "| " + " | ".join(map(cell, r)) + " |" for r in table[1:]
-    ]
 
 
 def _plot(rows: list[dict[str, Any]], best: int | None, metric: str, path: Path, title: str) -> None:
@@ -262,34 +167,3 @@ def _plot(rows: list[dict[str, Any]], best: int | None, metric: str, path: Path,
     ]
     title = f"sweep {title}\nmean and 95% t interval per point; dots: seeds; red: best"
     plot_intervals(columns, metric, title, path, width=max(5.0, 0.9 * len(rows) + 2))
-
-
-def plot_intervals(
-    columns: Sequence[tuple[Summary, Sequence[float], str, str]], metric: str, title: str, path: Path, width: float
-) -> None:
-    """Plots one column per (summary, seed values, tick label, colour): the mean, its 95% t interval, the seeds.
-
-    Used by ``summary.png`` and ``compare.png``; prints a line and writes nothing without matplotlib.
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"{path.name} skipped: matplotlib is not installed (pip install matplotlib)")
-        return
-    fig, ax = plt.subplots(figsize=(width, 4.0))
-    for x, (s, values, _, color) in enumerate(columns):
-        half = 0.0 if math.isnan(s.ci_low) else s.mean - s.ci_low
-        ax.errorbar(x, s.mean, yerr=half, fmt="o", color=color, capsize=5, markersize=7, zorder=3)
-        jitter = [x + 0.12 + 0.04 * (i % 3) for i in range(len(values))]
-        ax.scatter(jitter, values, s=14, color="0.35", zorder=2)
-    ax.set_xticks(range(len(columns)))
-    ax.set_xticklabels([column[2] for column in columns], fontsize=7)
-    ax.set_ylabel(metric)
-    ax.set_title(title, fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -25,8 +25,11 @@ import optuna
 from optuna.trial import TrialState
 
 from bertft.sweep import study as studies
-from bertft.sweep.report import point_label, point_results, write_report
+from bertft.sweep.points import point_label, point_results
+from bertft.sweep.report import write_report
 from bertft.sweep.spec import SweepSpec
+from bertft.sweep.stats import summarize
+from bertft.sweep.trial import trial_args, trial_process
 from bertft.sweep.validate import overlay_yaml
 from bertft.training.faults import find_last_checkpoint
 
@@ -141,9 +144,7 @@ class Sweep:
         wall = time.monotonic() - start
         trial.set_user_attr("wall_s", round(wall, 1))
         if outcome == "interrupted":
-            frozen = self.study._storage.get_trial(trial._trial_id)
-            if studies._fail(self.study, frozen):
-                studies.requeue(self.study, frozen)
+            studies.interrupt(self.study, trial)
             return
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
         value = result.get("value")
@@ -193,18 +194,12 @@ class Sweep:
             "seed": seed,
         }
         if spec.pruning:
-            callback.update(storage=spec.storage_url, study_name=spec.name, trial_id=trial._trial_id, **spec.pruning)
-        args = [arg for config in spec.configs for arg in ("--config", str(config))]
-        args += ["--config", str(overlay)]
-        args.append(
-            "--trainer.callbacks+=" + json.dumps({"class_path": "bertft.sweep.trial.SweepTrial", "init_args": callback})
-        )
-        if find_last_checkpoint(folder) is not None:
-            args += ["--ckpt_path", "last"]  # an interrupted attempt left last.ckpt: continue from it
-        (folder / "command.txt").write_text(
-            shlex.join(["python", "-m", "bertft", "fit", *args]) + "\n", encoding="utf-8"
-        )
-        return [sys.executable, "-m", "bertft.sweep.trial", "fit", *args]
+            trial_id = studies.trial_id(trial)
+            callback.update(storage=spec.storage_url, study_name=spec.name, trial_id=trial_id, **spec.pruning)
+        resume = "last" if find_last_checkpoint(folder) is not None else None  # an interrupted attempt: continue it
+        args = trial_args("fit", [*spec.configs, overlay], callback, ckpt_path=resume)
+        (folder / "command.txt").write_text(shlex.join(["python", "-m", "bertft", *args]) + "\n", encoding="utf-8")
+        return trial_process(args)
 
     def _wait(self, proc: subprocess.Popen[Any], trial: optuna.Trial, start: float) -> str | None:
         """Waits for the trial's process with heartbeats; ``"interrupted"``, a timeout message, or ``None``."""
@@ -217,7 +212,7 @@ class Sweep:
             except subprocess.TimeoutExpired:
                 pass
             if time.monotonic() - beat > studies.HEARTBEAT_INTERVAL:
-                self.study._storage.record_heartbeat(trial._trial_id)
+                studies.heartbeat(self.study, trial)
                 beat = time.monotonic()
             if self.stop.is_set():
                 _stop(proc)
@@ -238,15 +233,12 @@ class Sweep:
             results = point_results(trials)
             if results:
                 pick = max if spec.direction == "maximize" else min
-                best = pick(results, key=lambda p: sum(p["values"]) / len(p["values"]))
-                values = best["values"]
-                mean = sum(values) / len(values)
-                spread = ""
-                if len(values) > 1:
-                    spread = f" ± {math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)):.2g}"
+                best = pick(results, key=lambda p: summarize(p["values"]).mean)
+                s = summarize(best["values"])
+                spread = f" ± {s.sd:.2g}" if s.n > 1 else ""
                 line += (
                     f"; best so far point {best['point']} ({point_label(best['params'])}): "
-                    f"{mean:.4g}{spread} over {len(values)} seed{'s' * (len(values) > 1)}"
+                    f"{s.mean:.4g}{spread} over {s.n} seed{'s' * (s.n > 1)}"
                 )
             print(line, flush=True)
             write_report(self.study, spec.output_dir, spec.metric, spec.direction, plot=False, compare=spec.compare)

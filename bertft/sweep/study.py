@@ -1,5 +1,9 @@
 """The sweep's Optuna study: one trial per (point, seed), claimed exactly once by whichever worker gets it first.
 
+This is the one module that touches Optuna's private state (the trials table for the atomic claim, a study's storage,
+a trial's id); the rest of :mod:`bertft.sweep` goes through its functions, and ``tests/test_sweep_optuna.py`` fails
+loudly when an Optuna release changes what it relies on.
+
 How exactly-once holds with several workers and machines on one storage:
 
 * every (point, seed) is an Optuna trial whose user attributes hold ``point``, ``seed``, ``params`` and ``key``;
@@ -126,9 +130,28 @@ def recover(study: optuna.Study) -> None:
         attrs = trial.user_attrs
         if attrs.get("host") != HOST or "pid" not in attrs or _alive(int(attrs["pid"])):
             continue
-        if _fail(study, trial):
-            requeue(study, trial)
+        _interrupt(study, trial)
     optuna.storages.fail_stale_trials(study)
+
+
+def interrupt(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Fails a trial this worker stopped (Ctrl-C, SIGTERM) and enqueues its (point, seed) again."""
+    _interrupt(study, study._storage.get_trial(trial._trial_id))
+
+
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Records that ``trial`` is still running (a trial silent for :data:`GRACE_PERIOD` counts as interrupted)."""
+    study._storage.record_heartbeat(trial._trial_id)
+
+
+def trial_id(trial: optuna.Trial) -> int:
+    """The trial's id in the storage, which a trial subprocess needs to report to the pruner."""
+    return int(trial._trial_id)
+
+
+def _interrupt(study: optuna.Study, trial: FrozenTrial) -> None:
+    if _fail(study, trial):  # False: another worker got there first, and enqueued it
+        requeue(study, trial)
 
 
 def _alive(pid: int) -> bool:
@@ -237,7 +260,7 @@ def is_duplicate(study: optuna.Study, trial: optuna.Trial) -> bool:
 def _own(study: optuna.Study, trial: optuna.Trial) -> optuna.Trial:
     trial.set_user_attr("host", HOST)
     trial.set_user_attr("pid", os.getpid())
-    study._storage.record_heartbeat(trial._trial_id)
+    heartbeat(study, trial)
     return trial
 
 

@@ -17,6 +17,8 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -150,6 +152,32 @@ class SweepTrial(Callback):
             rank_zero_warn(f"pruning is off for this run ({type(err).__name__}: {err})")
             self.pruning = None
             return False
+
+
+def trial_args(
+    subcommand: str, configs: Sequence[str | Path], callback: dict[str, Any], ckpt_path: str | None = None
+) -> list[str]:
+    """A trial's command line after ``python -m bertft``: the search's ``fit``, or ``--test_best``'s ``test``.
+
+    The one place a trial's command is built, so that ``command.txt`` (re-run a trial alone), the search and
+    ``--test_best`` cannot drift apart.
+
+    Args:
+        subcommand: ``fit`` or ``test``.
+        configs: The run's configs, then the trial's overlays, layered in this order.
+        callback: :class:`SweepTrial`'s ``init_args``; the callback is appended to the run's own.
+        ckpt_path: ``--ckpt_path``: ``last`` to resume an interrupted trial, a checkpoint to test.
+    """
+    args = [subcommand, *(arg for config in configs for arg in ("--config", str(config)))]
+    if ckpt_path is not None:
+        args += ["--ckpt_path", ckpt_path]
+    args.append("--trainer.callbacks+=" + json.dumps({"class_path": f"{__name__}.SweepTrial", "init_args": callback}))
+    return args
+
+
+def trial_process(args: Sequence[str]) -> list[str]:
+    """The subprocess that runs :func:`trial_args`: ``python -m bertft`` that dies with the sweep."""
+    return [sys.executable, "-m", "bertft.sweep.trial", *args]
 
 
 def _die_with_parent() -> None:

@@ -8,8 +8,8 @@ they are (train / dev / test), sentences in file order, words joined with single
 Output: ``conll2003/multilabel/{train,dev,test}.tsv``, header ``sentence<TAB>labels``, labels joined by ``|`` in
 alphabetical order (for example ``LOC|PER``), no quoting (the text contains ``"``).
 
-Run:  python -m bertft.bundled.make_multilabel            (rewrites the bundled files)
-      python -m bertft.bundled.make_multilabel --out DIR  (writes elsewhere)
+Run:  python -m bertft.data.make_multilabel            (rewrites the bundled files)
+      python -m bertft.data.make_multilabel --out DIR  (writes elsewhere)
 """
 
 from __future__ import annotations
