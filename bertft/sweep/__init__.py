@@ -4,9 +4,12 @@
 its own folder, and reports each point's mean, sd and 95% interval over seeds.
 
 Modules: :mod:`~bertft.sweep.spec` (the sweep file), :mod:`~bertft.sweep.validate` (checks against the ``fit``
-parser), :mod:`~bertft.sweep.study` (exactly-once trials on Optuna storage), :mod:`~bertft.sweep.runner` (workers
-and trial subprocesses), :mod:`~bertft.sweep.trial` (the callback inside a trial), :mod:`~bertft.sweep.stats` (seed
-statistics), :mod:`~bertft.sweep.report` (trials.csv, summary.csv/.md/.png), :mod:`~bertft.sweep.command` (the CLI).
+parser), :mod:`~bertft.sweep.study` (exactly-once trials on Optuna storage; the only module that touches Optuna's
+private state), :mod:`~bertft.sweep.runner` (workers and trial subprocesses), :mod:`~bertft.sweep.trial` (the
+callback inside a trial, and the one builder of a trial's command), :mod:`~bertft.sweep.stats` (seed statistics),
+:mod:`~bertft.sweep.points` (results per point), :mod:`~bertft.sweep.report` (trials.csv, summary.csv/.md/.png),
+:mod:`~bertft.sweep.compare` (compare.csv/.md/.png), :mod:`~bertft.sweep.tables` (the CSV, Markdown and plot both
+write), :mod:`~bertft.sweep.command` (the CLI).
 """
 
 from bertft.sweep.spec import SweepError, SweepSpec, load_spec
