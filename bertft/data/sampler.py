@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Sampler
 
 
@@ -28,6 +29,21 @@ def check_sharding(trainer: Any) -> None:
         raise ValueError(
             "bertft's data module shards batches across processes itself: create the Trainer with "
             "`use_distributed_sampler=False` (in YAML: `trainer.use_distributed_sampler: false`)."
+        )
+
+
+def warn_if_limited(trainer: Any, split: str, batches: int) -> None:
+    """Warns that ``limit_{val,test}_batches`` evaluates the longest texts of a split, not a sample of it."""
+    # Evaluation is sorted longest first, so `limit_val_batches: 30` is not a sample of the split but its 30 batches
+    # of longest texts: a biased metric (a sweep's comparison on it included), which nothing else would reveal.
+    limit = getattr(trainer, f"limit_{split}_batches", None) if split in ("val", "test") else None
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or limit == 0:
+        return
+    if (isinstance(limit, int) and limit < batches) or (isinstance(limit, float) and limit < 1.0):
+        rank_zero_warn(
+            f"trainer.limit_{split}_batches={limit}: {split} batches are sorted by length, longest first, so the"
+            f" {split} metrics come from the longest texts only, not a sample of the split; for a representative"
+            f" subset, give a smaller {split}_file{' or data.val_fraction' if split == 'val' else ''}"
         )
 
 

@@ -1,16 +1,69 @@
-"""Holding out a validation split from the training file: stratified by class, or at random, and reproducible."""
+"""One split's record, and the validation split held out of a training file (stratified or at random, reproducibly)."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
+from datasets import Dataset
+from lightning.pytorch.utilities import rank_zero_warn
 
 from bertft.data.files import DataError
 from bertft.data.labels import Label
+
+Split = Literal["train", "val", "test", "predict"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test", "predict")
+#: The splits each trainer stage uses (all of them for any other stage, or none).
+STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("predict",),
+}
+
+
+@dataclass
+class SplitState:
+    """What a data module knows of one split in this process; each fact ``None`` until known.
+
+    Attributes:
+        file: The split's file as given; ``None`` for none (``val`` may then be held out of the training file).
+        digest: The sha256 of the bytes the split was encoded from (part of its cache key).
+        dataset: The encoded split the loaders serve, kept by ``setup`` (or the first loader).
+        lengths: Its examples' lengths in tokens, which the samplers group and sort by (with ``dataset``).
+        cache_event: What happened to its cache entry in this process: ``"built"`` or ``"loaded"``.
+        truncated: Examples truncated to ``max_length`` (or cut into windows).
+        skipped: Rows skipped because their text was empty.
+        unit: What error messages count in its file: ``"line"`` or ``"row"``.
+        unknown_fraction: The share of its text tokens that the tokenizer maps to its unknown token.
+        labels_checked: Whether its labels were checked against the label vocabulary.
+    """
+
+    file: str | None
+    digest: str | None = None
+    dataset: Dataset | None = None
+    lengths: list[int] = field(default_factory=list)
+    cache_event: str | None = None
+    truncated: int | None = None
+    skipped: int | None = None
+    unit: str | None = None
+    unknown_fraction: float | None = None
+    labels_checked: bool = False
+
+    def take_file_facts(self, source: SplitState) -> None:
+        """Takes the facts of the file this split was cut from (``val`` held out of ``train``) that it lacks."""
+        for name in ("cache_event", "truncated", "skipped", "unit"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(source, name))
+
+
+def known(splits: dict[Split, SplitState], fact: str) -> dict[Split, Any]:
+    """One fact of every split that knows it, e.g. ``{"train": "built", "val": "loaded"}`` for ``cache_event``."""
+    return {split: getattr(state, fact) for split, state in splits.items() if getattr(state, fact) is not None}
 
 
 def check_val_fraction(val_fraction: int | float | None, val_file: str | None) -> None:
@@ -113,3 +166,47 @@ def describe(held: HeldOut, val_fraction: float, path: str) -> str:
     how = "stratified" if held.stratified else "random"
     rest = held.total - len(held.rows)
     return f"val: {share} of {path}, {how}, {len(held.rows):,} rows (train keeps {rest:,}; rows {held.digest})"
+
+
+def check_training_classes(
+    held: HeldOut,
+    rows: Sequence[int],
+    labels: Sequence[Label],
+    label_names: Sequence[str],
+    names_given: bool,
+    val_fraction: float,
+    path: str,
+) -> None:
+    """Refuses a split that leaves a class without a training row, unless ``label_names`` lists them by hand.
+
+    Args:
+        held: The rows held out.
+        rows: The file row of every encoded example.
+        labels: Each example's label.
+        label_names: The class vocabulary.
+        names_given: Whether the vocabulary was written by hand (then a class may go untrained, with a warning).
+        val_fraction: The setting that held the rows out, for messages.
+        path: The training file, for messages.
+
+    Raises:
+        DataError: A class has no training row left and ``label_names`` was not given.
+    """
+    validation = set(held.rows)
+    seen: set[str] = set()
+    for row, label in zip(rows, labels, strict=True):
+        if row not in validation:
+            seen.update(label if isinstance(label, list) else [label])
+    missing = [name for name in label_names if name not in seen]
+    if not missing:
+        return
+    message = (
+        f"after holding out data.val_fraction={val_fraction} of {path} for validation, class(es) {missing} "
+        "have no training row left"
+    )
+    if not names_given:
+        raise DataError(
+            f"{message}: the model could never learn them. Use a larger training share (a smaller val_fraction), "
+            "add rows of those classes, give a val_file, or list every class in data.label_names to train "
+            "without them."
+        )
+    rank_zero_warn(f"{message}; they stay in data.label_names but the model will not learn them.")

@@ -1,4 +1,4 @@
-"""``TokenDataModule``: token classification (NER) from CoNLL or JSONL files, sharing TextDataModule's machinery."""
+"""``TokenDataModule``: token classification (NER), one tag per word, from CoNLL or JSONL files."""
 
 from __future__ import annotations
 
@@ -7,20 +7,39 @@ from typing import Any, Literal
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from bertft.data.base import EncodedDataModule
 from bertft.data.conll import TAGS, TOKENS, read_token_file
-from bertft.data.files import DataError, Table
+from bertft.data.encode import load_tokenizer
+from bertft.data.files import DataError, ReadOptions, Table
 from bertft.data.labels import training_vocabulary
-from bertft.data.module import Split, TextDataModule
+from bertft.data.split import Split
 from bertft.data.tokens import LabelSubtokens, TokenCollator, TokenEncodeSettings, encode_sentences, word_tokenizer
 
+#: TextDataModule's settings that this module's hparams (so its checkpoints) recorded while it was a TextDataModule
+#: subclass, at the values it reads with. Kept so that ``hparams`` stay as they were; nothing reads them back.
+_TEXT_HPARAMS: dict[str, Any] = {
+    "text_column": TOKENS,
+    "text_pair_column": None,
+    "label_column": TAGS,
+    "label_delimiter": None,
+    "file_format": "auto",
+    "delimiter": None,
+    "quoting": True,
+    "header": True,
+    "column_names": None,
+    "extra_fields": "error",
+    "skip_empty_text": False,
+    "long_texts": "truncate",
+}
 
-class TokenDataModule(TextDataModule):
+
+class TokenDataModule(EncodedDataModule):
     """One tag per word, from CoNLL files (``token ... TAG`` lines, blank lines between sentences) or JSONL.
 
     Words are split into sub-tokens by the encoder's fast tokenizer and labelled on their first sub-token. A sentence
     longer than ``max_length`` is cut into overlapping windows and merged back, so every word gets one prediction.
-    Caching, length-grouped batching and DDP sharding are :class:`~bertft.data.TextDataModule`'s; each window is one
-    example. Prediction files need only the words: one token per line, or JSONL ``{"tokens": [...]}``.
+    Caching, length-grouped batching and DDP sharding are :class:`~bertft.data.EncodedDataModule`'s; each window is
+    one example. Prediction files need only the words: one token per line, or JSONL ``{"tokens": [...]}``.
 
     Args:
         train_file: Training data: CoNLL (any extension but ``.jsonl``; ``-DOCSTART-`` lines are skipped) or JSONL
@@ -80,10 +99,8 @@ class TokenDataModule(TextDataModule):
             val_file=val_file,
             test_file=test_file,
             predict_file=predict_file,
-            text_column=TOKENS,
-            label_column=TAGS,
+            task=task,
             label_names=label_names,
-            encoding=encoding,
             tokenizer=tokenizer,
             max_length=max_length,
             batch_size=batch_size,
@@ -93,8 +110,15 @@ class TokenDataModule(TextDataModule):
             cache_dir=cache_dir,
             seed=seed,
             val_fraction=val_fraction,
+            # Only the encoding applies to CoNLL and JSONL; the other fields stay at their defaults, as the cache
+            # keys (which hold them all) always had them.
+            read_options=ReadOptions(encoding=encoding),
+            label_column=TAGS,
+            skip_empty_text=False,
         )
-        self.task = "token"  # type: ignore[assignment]  # TextDataModule's own tasks are sequence-level
+        self.save_hyperparameters(_TEXT_HPARAMS)  # see _TEXT_HPARAMS; merged with the arguments below
+        # label_names stay out: the model logs the resolved vocabulary, and Lightning refuses two differing values.
+        self.save_hyperparameters(ignore=["label_names"])
         self.label_subtokens: LabelSubtokens = label_subtokens
         self.stride = stride
 
@@ -104,14 +128,19 @@ class TokenDataModule(TextDataModule):
         return [TOKENS]
 
     @property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
+    def windowed(self) -> bool:
+        """``False``: the split logs count truncated sentences, which are none.
+
+        There is no ``long_texts`` setting here: a sentence longer than ``max_length`` is always cut into windows.
+        """
+        return False
+
+    def _load_tokenizer(self) -> PreTrainedTokenizerBase:
         """The encoder's tokenizer, set to split words given one by one as in running text (see ``word_tokenizer``).
 
         Its fingerprint, not the saved tokenizer's, keys the cache, so splits tokenised otherwise are never reused.
         """
-        if self._tokenizer is None:
-            self._tokenizer = word_tokenizer(super().tokenizer)
-        return self._tokenizer
+        return word_tokenizer(load_tokenizer(self.tokenizer_name))
 
     def _read(self, path: str, data: bytes | None = None) -> Table:
         return read_token_file(path, self.read_options.encoding, data)

@@ -25,7 +25,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from bertft.data import TextDataModule
+from bertft.data import EncodedDataModule
 from bertft.model import FineTuner
 from bertft.tasks import PRIMARY_METRIC
 from bertft.training import console
@@ -276,8 +276,8 @@ def cli_kwargs() -> dict[str, Any]:
     """The keyword arguments of every :class:`BertftCLI` bertft builds (the command, and parsing for sweeps)."""
     return {
         "model_class": FineTuner,
-        "datamodule_class": TextDataModule,
-        "subclass_mode_data": True,  # any TextDataModule subclass, e.g. bertft.data.TokenDataModule
+        "datamodule_class": EncodedDataModule,
+        "subclass_mode_data": True,  # any EncodedDataModule subclass: bertft.data.TextDataModule, TokenDataModule, ...
         # The model builds its own parameter groups (no-decay, layer-wise decay, head and mixing learning rates);
         # LightningCLI's automatic optimiser would silently replace them.
         "auto_configure_optimizers": False,
