@@ -1,8 +1,7 @@
-"""Shared fixtures: tiny random encoders saved to disk, the packaged MiniLM, real SST-2 rows, offline settings."""
+"""Shared fixtures: tiny random encoders saved to disk, seeds and dtype, offline settings; the rest in helpers/."""
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import tempfile
@@ -18,10 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One token cache for the whole run (subprocesses inherit it), never the user's ~/.cache/bertft.
 os.environ["BERTFT_CACHE"] = tempfile.mkdtemp(prefix="bertft-test-cache-")
 
-from bertft.encoder import resolve_encoder  # noqa: E402
-
-MINILM = resolve_encoder("minilm")
-SST2_DIR = Path(__file__).resolve().parents[1] / "bertft" / "bundled" / "sst2"
+from .helpers import MINILM  # noqa: E402
 
 # transformers' own BertModelTester sizes, with MiniLM's vocabulary so the real tokenizer can drive it.
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37}
@@ -65,26 +61,19 @@ def tiny_bert_no_pooler_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_
     return path
 
 
-def read_sst2(split: str, n: int | None = None) -> tuple[list[str], list[int]]:
-    """The first ``n`` rows of a bundled SST-2 split (real data)."""
-    texts, labels = [], []
-    with open(SST2_DIR / f"{split}.tsv", encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader)
-        for row in reader:
-            texts.append(row[0])
-            labels.append(int(row[1]))
-            if n is not None and len(texts) == n:
-                break
-    return texts, labels
-
-
 @pytest.fixture(autouse=True)
 def _seed_and_dtype() -> None:
     torch.manual_seed(0)
     dtype = torch.get_default_dtype()
     yield
     torch.set_default_dtype(dtype)
+
+
+@pytest.fixture
+def cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The token cache in this test's own folder (``tmp_path / "cache"``), where the test can look at it."""
+    monkeypatch.setenv("BERTFT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 @pytest.fixture(scope="session")

@@ -8,20 +8,18 @@ that hangs fails in minutes with each rank's last collective, instead of stallin
 
 from __future__ import annotations
 
-import os
-import signal
+import json
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from .helpers import run_bertft
 
-ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 def free_port() -> int:
@@ -76,46 +74,36 @@ def launch(
 ) -> Run:
     """``python -m bertft <args>`` (or ``python <script> <args>``, or ``command + args``) from the repository root.
 
-    The command runs in a session of its own so that, on a timeout, the ranks Lightning started are killed with it.
-    ``while_running`` is called with the process once it started (to send it a signal, say).
+    Runs through :func:`tests.helpers.run_bertft`: in a session of its own, so that on a timeout the ranks Lightning
+    started are killed with it, and no rank may outlive the command. ``while_running`` is called with the process
+    once it started (to send it a signal, say).
     """
     trace = Path(tempfile.mkdtemp(prefix="ddp-trace-"))
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
-                "MASTER_PORT": str(free_port()), "BERTFT_TRACE_COLLECTIVES": str(trace), **(env or {})}  # fmt: skip
-    full_env.pop("LOCAL_RANK", None)
-    if command is None:
-        command = [sys.executable, str(script)] if script else [sys.executable, "-m", "bertft"]
-    proc = subprocess.Popen([*command, *args], cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + timeout
-    try:
-        if while_running is not None:
-            while_running(proc)
-        stdout, stderr = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"no end after {timeout:.0f} s: `bertft {' '.join(args[:1])}` hangs\n{last_collectives(trace)}\n"
-                    f"stderr (end):\n{stderr[-3000:]}")  # fmt: skip
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    _reap(proc.pid)
-    assert proc.returncode == returncode, f"exit code {proc.returncode}\n{stderr[-4000:]}"
+    ranks = {"OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()), "BERTFT_TRACE_COLLECTIVES": str(trace),
+             "LOCAL_RANK": None}  # fmt: skip
+    result = run_bertft(
+        *args,
+        timeout=timeout,
+        command=command or ([sys.executable, str(script)] if script else None),
+        env={**ranks, **(env or {})},
+        returncode=returncode,
+        while_running=while_running,
+        on_timeout=lambda: last_collectives(trace),
+    )
     traces = read_collectives(trace)
     if world_size > 1:
         assert_same_collectives(traces, world_size)
-    return Run(proc.returncode, stdout, stderr, traces)
+    return Run(result.returncode, result.stdout, result.stderr, traces)
 
 
-def _reap(pgid: int, grace: float = 20) -> None:
-    """No rank may outlive the command: one still running ``grace`` seconds after it ended is killed and reported."""
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return  # the whole group is gone
-        time.sleep(0.2)
-    os.killpg(pgid, signal.SIGKILL)
-    pytest.fail(f"a rank was still running {grace:.0f} s after the command ended (killed now)")
+def run_worker(args: list[str], devices: int = 2, timeout: int = 600) -> list[dict]:
+    """The CLI through ``ddp_worker.py``, held to :func:`launch`'s rules (no hang, the same collectives on every
+    rank); what each rank reported (its rank, weights' digest and metrics), in rank order."""
+    folder = Path(tempfile.mkdtemp(prefix="ddp-results-"))
+    launch(args, world_size=devices, timeout=timeout, env={"BERTFT_RESULT_DIR": str(folder)}, script=WORKER)
+    return worker_results(folder)
+
+
+def worker_results(folder: Path) -> list[dict]:
+    """What each rank of ``ddp_worker.py`` wrote to ``folder``, in rank order."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("rank*.json"))]

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import BUNDLED, sst2_rows
+
 ZH = Path(__file__).resolve().parent / "fixtures" / "zh"
 VOCAB = 2000  # small, so words split into several pieces and alignment is exercised
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37}
@@ -63,11 +64,9 @@ BY_NAME = {f.name: f for f in FAMILIES}
 
 def english_corpus() -> list[str]:
     """SST-2 training sentences and CoNLL-2003 training sentences (cased), from the bundled files."""
-    texts = []
-    with open(ROOT / "bertft" / "bundled" / "sst2" / "train.tsv", encoding="utf-8") as f:
-        texts += [line.split("\t")[0] for line in list(f)[1:5001]]
+    texts = [text for text, _ in sst2_rows("train", 5000)]
     sentence: list[str] = []
-    with open(ROOT / "bertft" / "bundled" / "conll2003" / "train.txt", encoding="utf-8") as f:
+    with open(BUNDLED / "conll2003" / "train.txt", encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 sentence.append(line.split()[0])

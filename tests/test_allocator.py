@@ -11,7 +11,7 @@ import pytest
 
 from bertft.training import allocator
 
-from .test_cli import quick_args, sst2_rows, write_tsv
+from .helpers import cli_args, sst2_rows, write_tsv
 
 # Allocates, touches and frees a 64 MiB tensor six times, as training steps do with their activations, and reports
 # the minor page faults of the last three rounds (16,384 pages each when every round maps fresh memory). The first
@@ -62,8 +62,8 @@ def test_the_command_line_turns_it_on(monkeypatch: pytest.MonkeyPatch, tmp_path:
     calls = []
     monkeypatch.setattr(lightning_cli, "reuse_freed_memory", lambda: calls.append(True) or True)
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 16))
-    cli.main(["--model.encoder", str(tiny_bert_dir), f"--data.train_file={train}", "--data.text_column=sentence",
-              "--data.label_column=label", "--data.quoting=false", *quick_args(tmp_path)], run=False)  # fmt: skip
+    args = cli_args(tmp_path, command=None, encoder=tiny_bert_dir, train=train, quoting=False, logger=False)
+    cli.main(args, run=False)
     assert calls == [True]
 
 

@@ -19,7 +19,7 @@ from bertft.cli import main
 from bertft.encoder import resolve_encoder
 from bertft.training.checks import UnsafeCheckpointError, checkpoint_mismatches
 
-from .test_cli import sst2_rows, write_tsv
+from .helpers import cli_args, sst2_rows, write_tsv
 
 
 @pytest.fixture
@@ -45,25 +45,23 @@ def out(tmp_path: Path) -> Path:
     return tmp_path / "run"
 
 
+def neg_pos_rows(n: int) -> list[tuple[str, str]]:
+    """Real SST-2 rows with their labels spelt ``neg`` and ``pos``."""
+    return [(s, "pos" if y == "1" else "neg") for s, y in sst2_rows("train", n)]
+
+
 @pytest.fixture
-def train(tmp_path: Path) -> Path:
-    return write_tsv(tmp_path / "train.tsv", [(s, "pos" if y == "1" else "neg") for s, y in sst2_rows("train", 24)])
+def train(tmp_path: Path) -> str:
+    return write_tsv(tmp_path / "train.tsv", neg_pos_rows(24))
 
 
 def fit_args(tiny_bert_dir: Path, out: Path, *extra: str) -> list[str]:
-    """A one-step fit of the tiny random BERT; the default logger stays on, so its folders would show."""
-    return [
-        "fit",
-        f"--model.encoder={tiny_bert_dir}",
-        "--data.quoting=false",
-        "--data.batch_size=8",
-        f"--data.cache_dir={out.parent / 'cache'}",
-        "--trainer.max_steps=1",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        f"--trainer.default_root_dir={out}",
-        *extra,
-    ]
+    """A one-step fit of the tiny random BERT; the default logger stays on, so its folders would show.
+
+    The token cache sits beside ``out``, so that nothing a refused run may write lands in it.
+    """
+    return cli_args(out, "--trainer.enable_model_summary=false", *extra, encoder=tiny_bert_dir, quoting=False,
+                    batch_size=8, max_steps=1, cache_dir=out.parent / "cache")  # fmt: skip
 
 
 def assert_refused(result: subprocess.CompletedProcess, out: Path, *fragments: str) -> None:
@@ -96,7 +94,7 @@ def test_empty_data_file(run_cli, tiny_bert_dir: Path, out: Path, tmp_path: Path
 
 def test_file_that_is_not_utf8(run_cli, tiny_bert_dir: Path, out: Path, tmp_path: Path) -> None:
     path = tmp_path / "latin1.tsv"
-    rows = [(s, "pos" if y == "1" else "neg") for s, y in sst2_rows("train", 10)]
+    rows = neg_pos_rows(10)
     text = "sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows) + "un caf\xe9 froid\tneg\n"
     path.write_bytes(text.encode("latin-1"))
     result = run_cli(*fit_args(tiny_bert_dir, out, f"--data.train_file={path}"))
@@ -117,7 +115,7 @@ def test_missing_label_column_lists_the_columns(run_cli, tiny_bert_dir: Path, ou
     assert_refused(result, out, str(path), "no column 'label'", "'polarity'")
 
 
-def test_missing_text_column(run_cli, tiny_bert_dir: Path, out: Path, train: Path) -> None:
+def test_missing_text_column(run_cli, tiny_bert_dir: Path, out: Path, train: str) -> None:
     result = run_cli(*fit_args(tiny_bert_dir, out, f"--data.train_file={train}", "--data.text_column=review"))
     assert_refused(result, out, str(train), "no column 'review'", "'sentence'")
 
@@ -138,7 +136,7 @@ def test_empty_text_skipped_and_counted_when_asked(run_cli, tiny_bert_dir: Path,
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_label_never_seen_in_training(run_cli, tiny_bert_dir: Path, out: Path, train: Path, tmp_path: Path) -> None:
+def test_label_never_seen_in_training(run_cli, tiny_bert_dir: Path, out: Path, train: str, tmp_path: Path) -> None:
     val = write_tsv(tmp_path / "val.tsv", [("a fine film", "pos"), ("a so-so film", "meh")])
     result = run_cli(*fit_args(tiny_bert_dir, out, f"--data.train_file={train}", f"--data.val_file={val}"))
     assert_refused(result, out, str(val), "line 3", "'meh'", "['neg', 'pos']")
@@ -160,7 +158,7 @@ def test_labels_all_one_class(run_cli, tiny_bert_dir: Path, out: Path, tmp_path:
 
 
 def test_text_longer_than_max_length_is_truncated_and_counted(
-    run_cli, tiny_bert_dir: Path, out: Path, train: Path, caplog: pytest.LogCaptureFixture
+    run_cli, tiny_bert_dir: Path, out: Path, train: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO):
         result = run_cli(
@@ -188,7 +186,7 @@ def test_text_longer_than_max_length_is_truncated_and_counted(
     ids=["fraction>1", "fraction=0", "no-train-rows", "val-file-too", "weights-length", "weights-negative", "stride"],
 )
 def test_bad_split_weight_and_window_settings(
-    run_cli, tiny_bert_dir: Path, out: Path, train: Path, options: list[str], fragments: list[str]
+    run_cli, tiny_bert_dir: Path, out: Path, train: str, options: list[str], fragments: list[str]
 ) -> None:
     options = [o.format(train=train) for o in options]
     result = run_cli(*fit_args(tiny_bert_dir, out, f"--data.train_file={train}", *options))
@@ -210,7 +208,7 @@ def test_class_left_without_training_rows_by_the_split(run_cli, tiny_bert_dir: P
 # ----- config ------------------------------------------------------------------------------------------------------
 
 
-def test_misspelt_config_key_suggests_the_close_one(run_cli, tiny_bert_dir: Path, out: Path, train: Path) -> None:
+def test_misspelt_config_key_suggests_the_close_one(run_cli, tiny_bert_dir: Path, out: Path, train: str) -> None:
     result = run_cli(*fit_args(tiny_bert_dir, out, f"--data.train_file={train}", "--model.warmup_ratoi=0.1"))
     assert result.returncode == 2
     assert "did you mean 'model.warmup_ratio'" in result.stderr
@@ -218,7 +216,7 @@ def test_misspelt_config_key_suggests_the_close_one(run_cli, tiny_bert_dir: Path
     assert_refused(result, out)
 
 
-def test_head_class_path_that_does_not_import(run_cli, tiny_bert_dir: Path, out: Path, train: Path) -> None:
+def test_head_class_path_that_does_not_import(run_cli, tiny_bert_dir: Path, out: Path, train: str) -> None:
     result = run_cli(
         *fit_args(tiny_bert_dir, out, f"--data.train_file={train}", "--model.head=bertft.heads.NoSuchHead")
     )
@@ -226,14 +224,14 @@ def test_head_class_path_that_does_not_import(run_cli, tiny_bert_dir: Path, out:
 
 
 def test_pooler_head_on_an_encoder_without_pooler(
-    run_cli, tiny_distilbert_dir: Path, out: Path, train: Path, tiny_bert_dir: Path
+    run_cli, tiny_distilbert_dir: Path, out: Path, train: str, tiny_bert_dir: Path
 ) -> None:
     args = fit_args(tiny_bert_dir, out, f"--data.train_file={train}", "--model.head=bertft.heads.PoolerHead")
     result = run_cli(*args, f"--model.encoder={tiny_distilbert_dir}")
     assert_refused(result, out, str(tiny_distilbert_dir), "has no pooler", "pooler_output", "MeanHead")
 
 
-def test_num_labels_by_hand_that_disagrees_with_the_data(run_cli, tiny_bert_dir: Path, out: Path, train: Path) -> None:
+def test_num_labels_by_hand_that_disagrees_with_the_data(run_cli, tiny_bert_dir: Path, out: Path, train: str) -> None:
     result = run_cli(*fit_args(tiny_bert_dir, out, f"--data.train_file={train}", "--model.num_labels=3"))
     assert_refused(result, out, "model.num_labels", "follows the data", "data.label_names")
 
@@ -241,7 +239,7 @@ def test_num_labels_by_hand_that_disagrees_with_the_data(run_cli, tiny_bert_dir:
 # ----- output folder -----------------------------------------------------------------------------------------------
 
 
-def test_output_folder_that_cannot_be_created(run_cli, tiny_bert_dir: Path, train: Path, tmp_path: Path) -> None:
+def test_output_folder_that_cannot_be_created(run_cli, tiny_bert_dir: Path, train: str, tmp_path: Path) -> None:
     blocker = tmp_path / "file.txt"  # a regular file where a folder should be: refused even as root
     blocker.write_text("not a folder\n", encoding="utf-8")
     out = blocker / "out"
@@ -252,7 +250,7 @@ def test_output_folder_that_cannot_be_created(run_cli, tiny_bert_dir: Path, trai
 
 
 def test_disk_too_full_for_the_checkpoints(
-    run_cli, tiny_bert_dir: Path, out: Path, train: Path, monkeypatch: pytest.MonkeyPatch
+    run_cli, tiny_bert_dir: Path, out: Path, train: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=3 * 2**20))
@@ -271,7 +269,7 @@ def test_disk_too_full_for_the_checkpoints(
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> dict[str, Path]:
     """One real one-step run of the tiny BERT on labels neg/pos: its checkpoint, config and data."""
     root = tmp_path_factory.mktemp("trained")
-    train = write_tsv(root / "train.tsv", [(s, "pos" if y == "1" else "neg") for s, y in sst2_rows("train", 24)])
+    train = Path(write_tsv(root / "train.tsv", neg_pos_rows(24)))
     main([*fit_args(tiny_bert_dir, root / "run", f"--data.train_file={train}"), "--trainer.logger=false"])
     return {"ckpt": root / "run" / "checkpoints" / "last.ckpt", "config": root / "run" / "config.yaml", "data": train}
 
@@ -285,15 +283,11 @@ def altered(trained: dict[str, Path], path: Path, **hparams: object) -> Path:
 
 
 def eval_args(command: str, trained: dict[str, Path], ckpt: Path, out: Path) -> list[str]:
+    """``command`` from the trained run's config and ``ckpt``, on its data; predictions to ``out/predictions.csv``."""
     split = {"predict": "predict", "test": "test"}.get(command, "val")
-    return [
-        command,
-        f"--config={trained['config']}",
-        f"--ckpt_path={ckpt}",
-        f"--data.{split}_file={trained['data']}",
-        f"--trainer.default_root_dir={out}",
-        f"--prediction.output_file={out / 'predictions.csv'}",
-    ]
+    return cli_args(out, f"--ckpt_path={ckpt}", f"--prediction.output_file={out / 'predictions.csv'}",
+                    command=command, configs=[trained["config"]], cache_dir=out.parent / "cache",
+                    **{split: trained["data"]})  # fmt: skip
 
 
 @pytest.mark.parametrize("command", ["test", "predict", "validate", "fit"])
@@ -343,14 +337,9 @@ def test_checkpoint_from_another_encoder_head_or_task(
 
 def test_options_left_at_their_defaults_come_from_the_checkpoint(run_cli, trained: dict[str, Path], out: Path) -> None:
     """No config at all: encoder, head and labels are the checkpoint's (LightningCLI's own behaviour), so it tests."""
-    result = run_cli(
-        "test",
-        f"--ckpt_path={trained['ckpt']}",
-        f"--data.test_file={trained['data']}",
-        "--data.quoting=false",
-        f"--trainer.default_root_dir={out}",
-        "--trainer.logger=false",
-    )
+    args = cli_args(out, f"--ckpt_path={trained['ckpt']}", command="test", test=trained["data"], quoting=False,
+                    logger=False, cache_dir=out.parent / "cache")  # fmt: skip
+    result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

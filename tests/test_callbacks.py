@@ -11,7 +11,7 @@ import torch
 from bertft.cli import main
 from bertft.encoder import load_encoder
 
-from .test_cli import quick_args, sst2_rows, write_tsv
+from .helpers import cli_args, sst2_rows, write_tsv
 
 
 class GradProbe(L.Callback):
@@ -36,14 +36,19 @@ class CrashAtStep5(L.Callback):
 
 
 @pytest.fixture
-def args(tmp_path: Path, tiny_bert_dir: Path) -> list[str]:
+def fit_args(tmp_path: Path, tiny_bert_dir: Path):
+    """``fit_args(out, *extra)``: a deterministic fit of the tiny BERT on 48 real rows, in batches of 6, logger off."""
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 48))
-    return [f"--model.encoder={tiny_bert_dir}", f"--data.train_file={train}", "--data.quoting=false",
-            "--data.batch_size=6", "--seed_everything=1", "--trainer.deterministic=true"]  # fmt: skip
+
+    def args(out: Path, *extra: str) -> list[str]:
+        return cli_args(out, "--seed_everything=1", "--trainer.deterministic=true", *extra, encoder=tiny_bert_dir,
+                        train=train, quoting=False, batch_size=6, logger=False)  # fmt: skip
+
+    return args
 
 
-def test_frozen_layers_stay_bit_identical(args: list[str], tmp_path: Path, tiny_bert_dir: Path) -> None:
-    cli = main(["fit", *args, "--freezing.train_top_layers=1", "--trainer.max_steps=3", *quick_args(tmp_path)])
+def test_frozen_layers_stay_bit_identical(fit_args, tmp_path: Path, tiny_bert_dir: Path) -> None:
+    cli = main(fit_args(tmp_path, "--freezing.train_top_layers=1", "--trainer.max_steps=3"))
     before = load_encoder(str(tiny_bert_dir), with_pooler=False, with_attentions=False).state_dict()
     after = cli.model.encoder.state_dict()
     for name, weight in before.items():
@@ -51,12 +56,11 @@ def test_frozen_layers_stay_bit_identical(args: list[str], tmp_path: Path, tiny_
         assert torch.equal(weight, after[name]) == frozen, name
 
 
-def test_gradual_unfreezing_adds_one_level_every_n_steps_with_its_layer_lr(args: list[str], tmp_path: Path) -> None:
+def test_gradual_unfreezing_adds_one_level_every_n_steps_with_its_layer_lr(fit_args, tmp_path: Path) -> None:
     GradProbe.seen = []
-    main(["fit", *args, "--config=configs/callbacks/gradual_unfreezing.yaml", "--freezing.train_top_layers=0",
-          "--freezing.unfreeze_every=2", "--model.layer_lr_decay=0.5", "--model.warmup_ratio=0.0",
-          "--trainer.max_steps=7", "--trainer.callbacks+=tests.test_callbacks.GradProbe",
-          *quick_args(tmp_path)])  # fmt: skip
+    main(fit_args(tmp_path, "--config=configs/callbacks/gradual_unfreezing.yaml", "--freezing.train_top_layers=0",
+                  "--freezing.unfreeze_every=2", "--model.layer_lr_decay=0.5", "--model.warmup_ratio=0.0",
+                  "--trainer.max_steps=7", "--trainer.callbacks+=tests.test_callbacks.GradProbe"))  # fmt: skip
     trained = {step: got for step, got, _ in GradProbe.seen}
     assert trained == {
         0: [False, False, False], 1: [False, False, False],  # only the head
@@ -74,20 +78,20 @@ def test_gradual_unfreezing_adds_one_level_every_n_steps_with_its_layer_lr(args:
         assert now == pytest.approx(peak * factor)  # every new group follows the schedule
 
 
-def test_resume_in_the_middle_of_the_schedule_matches_an_uninterrupted_run(args: list[str], tmp_path: Path) -> None:
+def test_resume_in_the_middle_of_the_schedule_matches_an_uninterrupted_run(fit_args, tmp_path: Path) -> None:
     schedule = ["--freezing.train_top_layers=0", "--freezing.unfreeze_every=2", "--trainer.max_steps=8",
                 "--resume.every_n_steps=3", "--model.layer_lr_decay=0.8"]  # fmt: skip
-    whole = main(["fit", *args, *schedule, *quick_args(tmp_path / "whole")])
+    whole = main(fit_args(tmp_path / "whole", *schedule))
     broken = tmp_path / "broken"
     with pytest.raises(RuntimeError, match="crash at step 5"):
-        main(["fit", *args, *schedule, "--trainer.callbacks+=tests.test_callbacks.CrashAtStep5", *quick_args(broken)])
+        main(fit_args(broken, *schedule, "--trainer.callbacks+=tests.test_callbacks.CrashAtStep5"))
     last = broken / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 3  # one level of three unfrozen, the next due at step 4
     names = [g["name"] for g in saved["optimizer_states"][0]["param_groups"]]
     assert names == ["head", "head.no_decay", "encoder.2.unfrozen1", "encoder.2.no_decay.unfrozen1"]
 
-    resumed = main(["fit", *args, *schedule, f"--ckpt_path={last}", *quick_args(broken)])
+    resumed = main(fit_args(broken, *schedule, f"--ckpt_path={last}"))
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     for name, weight in a.items():
         assert torch.equal(weight, b[name]), name
@@ -97,16 +101,16 @@ def test_resume_in_the_middle_of_the_schedule_matches_an_uninterrupted_run(args:
     assert freezing.unfrozen == 3
 
 
-def test_early_stopping_watches_the_tasks_metric_and_stops(args: list[str], tmp_path: Path) -> None:
+def test_early_stopping_watches_the_tasks_metric_and_stops(fit_args, tmp_path: Path) -> None:
     stsb = main(["--config=configs/stsb.yaml", "--config=configs/callbacks/early_stopping.yaml"], run=False)
     assert (stsb.trainer.early_stopping_callback.monitor, stsb.trainer.early_stopping_callback.mode) == (
         "val/spearman",
         "max",
     )
     # lr 0: the metric never improves, so patience 1 stops at the second validation (step 4 of 20).
-    cli = main(["fit", *args, "--config=configs/callbacks/early_stopping.yaml", "--early_stopping.patience=1",
-                "--data.val_fraction=0.25", "--model.lr=0.0", "--model.head_lr=0.0", "--trainer.max_steps=20",
-                "--trainer.val_check_interval=2", *quick_args(tmp_path)])  # fmt: skip
+    cli = main(fit_args(tmp_path, "--config=configs/callbacks/early_stopping.yaml", "--early_stopping.patience=1",
+                        "--data.val_fraction=0.25", "--model.lr=0.0", "--model.head_lr=0.0", "--trainer.max_steps=20",
+                        "--trainer.val_check_interval=2"))  # fmt: skip
     assert cli.trainer.early_stopping_callback.monitor == "val/acc"
     assert cli.trainer.global_step == 4
     assert cli.trainer.should_stop

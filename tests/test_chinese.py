@@ -16,14 +16,14 @@ from bertft.deploy.inference import EncoderWithHead, Predictor
 from bertft.heads import MeanHead, TokenHead
 
 from .families import ZH
+from .helpers import quiet_trainer
 
 UNKNOWN = "of its tokens are unknown to the tokenizer of"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def fit_and_test(model: FineTuner, data: L.LightningDataModule) -> dict[str, float]:
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, max_steps=3, limit_val_batches=0)  # fmt: skip
+    trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     return trainer.test(model, datamodule=data, verbose=False)[0]
 

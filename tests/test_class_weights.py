@@ -12,7 +12,7 @@ from bertft import tasks
 from bertft.cli import main
 from bertft.model import FineTuner
 
-from .test_cli import quick_args, sst2_rows, write_tsv
+from .helpers import cli_args, sst2_rows, write_tsv
 
 
 def test_balanced_weights_are_inverse_frequency() -> None:
@@ -42,9 +42,8 @@ def test_balanced_weights_come_from_the_training_split_and_travel_in_the_checkpo
     # 40 real SST-2 rows relabelled so that 'pos' is 10% of them; 20% held out for validation, stratified.
     rows = [(s, "pos" if i % 10 == 0 else "neg") for i, (s, _) in enumerate(sst2_rows("train", 40))]
     train = write_tsv(tmp_path / "train.tsv", rows)
-    args = [f"--model.encoder={tiny_bert_dir}", f"--data.train_file={train}", "--data.quoting=false"]
-    cli = main(["fit", *args, "--data.val_fraction=0.2", "--model.class_weights=balanced", "--trainer.max_steps=2",
-                *quick_args(tmp_path)])  # fmt: skip
+    data = dict(encoder=tiny_bert_dir, train=train, quoting=False, logger=False)
+    cli = main(cli_args(tmp_path, "--data.val_fraction=0.2", "--model.class_weights=balanced", max_steps=2, **data))
     # Training split: 32 rows, of which 3 'pos' (4 overall, 1 held out) and 29 'neg'.
     expected = torch.tensor([32 / (2 * 29), 32 / (2 * 3)])
     assert torch.allclose(cli.model.class_weight, expected)
@@ -52,6 +51,5 @@ def test_balanced_weights_come_from_the_training_split_and_travel_in_the_checkpo
     assert torch.allclose(torch.load(ckpt, weights_only=True)["state_dict"]["class_weight"], expected)
     assert torch.allclose(FineTuner.load_from_checkpoint(ckpt, weights_only=True).class_weight, expected)
 
-    given = main(["fit", *args, "--model.class_weights=[1.0, 4.0]", "--trainer.max_steps=1",
-                  *quick_args(tmp_path / "given")])  # fmt: skip
+    given = main(cli_args(tmp_path / "given", "--model.class_weights=[1.0, 4.0]", max_steps=1, **data))
     assert given.model.class_weight.tolist() == [1.0, 4.0]

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,35 +13,12 @@ from bertft import FineTuner
 from bertft.cli import main
 from bertft.heads import ConcatCLSHead, Head, MeanHead, WeightedLayersHead
 
-from .conftest import SST2_DIR
+from .helpers import CONFIGS as CONFIG_DIR
+from .helpers import cli_args, run_bertft, sst2_rows, write_tsv
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not {"heads", "trainer", "sweeps"} & set(p.parts))
-HEAD_CONFIGS = sorted((ROOT / "configs" / "heads").glob("*.yaml"))
-
-
-def write_tsv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("sentence", "label")) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\t".join(header) + "\n")
-        for row in rows:
-            f.write("\t".join(row) + "\n")
-    return path
-
-
-def sst2_rows(split: str, n: int) -> list[tuple[str, str]]:
-    with open(SST2_DIR / f"{split}.tsv", encoding="utf-8") as f:
-        lines = f.read().splitlines()[1 : n + 1]
-    return [tuple(line.split("\t")) for line in lines]  # type: ignore[misc]
-
-
-def quick_args(tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.logger=false",
-        "--trainer.enable_progress_bar=false",
-        f"--data.cache_dir={tmp_path / 'cache'}",
-        *extra,
-    ]
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not {"heads", "trainer", "sweeps"} & set(p.parts))
+HEAD_CONFIGS = sorted((CONFIG_DIR / "heads").glob("*.yaml"))
+QUICKSTART = CONFIG_DIR / "quickstart.yaml"
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
@@ -55,21 +29,12 @@ def test_every_shipped_config_runs_fast_dev_run(config: Path, tmp_path: Path, ti
         train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 40))
         val = write_tsv(tmp_path / "val.tsv", sst2_rows("test", 20))
         files = [f"--data.train_file={train}", f"--data.val_file={val}", f"--data.test_file={val}"]
-    main(
-        [
-            "fit",
-            f"--config={config}",
-            f"--model.encoder={tiny_bert_dir}",
-            *files,
-            "--trainer.fast_dev_run=2",
-            *quick_args(tmp_path),
-        ]
-    )
+    main(cli_args(tmp_path, *files, "--trainer.fast_dev_run=2", configs=[config], encoder=tiny_bert_dir, logger=False))
 
 
 def test_the_fast_recipe_layers_on_a_config() -> None:
-    fast = ROOT / "configs" / "speed" / "fast.yaml"
-    cli = main(["--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(fast)], run=False)
+    fast = CONFIG_DIR / "speed" / "fast.yaml"
+    cli = main(["--config", str(QUICKSTART), "--config", str(fast)], run=False)
     encoder = cli.model.encoder
     assert {m.p for m in encoder.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
     assert not any(p.requires_grad for p in encoder.embeddings.parameters())
@@ -80,7 +45,7 @@ def test_the_fast_recipe_layers_on_a_config() -> None:
 
 @pytest.mark.parametrize("config", HEAD_CONFIGS, ids=lambda p: p.stem)
 def test_every_head_config_parses(config: Path) -> None:
-    cli = main(["--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(config)], run=False)
+    cli = main(["--config", str(QUICKSTART), "--config", str(config)], run=False)
     head = cli.model.head
     assert isinstance(head, Head)
     expected = {"weighted": WeightedLayersHead, "concat_cls": ConcatCLSHead, "mean": MeanHead}.get(config.stem)
@@ -92,7 +57,7 @@ def test_every_head_config_parses(config: Path) -> None:
 
 def test_print_config(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--print_config"])
+        main(["fit", "--config", str(QUICKSTART), "--print_config"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "class_path: bertft.heads.MeanHead" in out
@@ -116,28 +81,19 @@ def test_fit_test_predict_end_to_end_on_real_data(tmp_path: Path) -> None:
     """Fit the real MiniLM a few dozen steps through the real entry point, then test and predict from the checkpoint."""
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 320))
     val = write_tsv(tmp_path / "val.tsv", sst2_rows("test", 64))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    common = [
-        f"--data.train_file={train}",
-        f"--data.val_file={val}",
-        f"--data.test_file={val}",
-        "--data.quoting=false",
-        "--data.batch_size=16",
-        f"--data.cache_dir={tmp_path / 'cache'}",
-        f"--trainer.default_root_dir={tmp_path / 'run'}",
-    ]
+    data = dict(train=train, val=val, test=val, quoting=False, batch_size=16, cache_dir=tmp_path / "cache")
+    out = tmp_path / "run"
     # The progress bar as shipped: stdout is a pipe here, as in a CI log, so progress comes as lines.
-    fit = subprocess.run(
-        [sys.executable, "-m", "bertft", "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
-         "--trainer.max_steps=20", "--progress.every_n_steps=10", "--progress.every_n_seconds=0", *common],
-        env=env, capture_output=True, text=True, timeout=600,
+    fit = run_bertft(
+        *cli_args(out, "--trainer.max_steps=20", "--progress.every_n_steps=10", "--progress.every_n_seconds=0",
+                  configs=[QUICKSTART], progress_bar=True, **data),
+        env={"PYTHONUNBUFFERED": "1"}, timeout=600,
     )  # fmt: skip
-    assert fit.returncode == 0, fit.stderr[-3000:]
-    ckpts = sorted((tmp_path / "run").rglob("*.ckpt"))
+    ckpts = sorted(out.rglob("*.ckpt"))
     names = {p.name for p in ckpts}
     assert "last.ckpt" in names
     assert any(n.startswith("best-") for n in names)
-    configs = list((tmp_path / "run").rglob("config.yaml"))
+    configs = list(out.rglob("config.yaml"))
     assert configs, "the resolved config is saved beside the checkpoints"
     assert "test/acc" in fit.stdout  # fit reports the test metrics of the best checkpoint
     assert "step 10/20 | epoch 0 | loss " in fit.stdout
@@ -153,20 +109,17 @@ def test_fit_test_predict_end_to_end_on_real_data(tmp_path: Path) -> None:
     model = FineTuner.load_from_checkpoint(best, map_location="cpu", weights_only=True)
     assert model.label_names == ["0", "1"]
 
-    predict_in = tmp_path / "predict.tsv"  # texts only: predicting needs no labels
-    predict_in.write_text("sentence\n" + "".join(s + "\n" for s, _ in sst2_rows("test", 37)), encoding="utf-8")
+    texts = [s for s, _ in sst2_rows("test", 37)]
+    predict_in = write_tsv(tmp_path / "predict.tsv", [(t,) for t in texts], header=("sentence",))  # no labels
     out_file = tmp_path / "preds.csv"
-    pred = subprocess.run(
-        [sys.executable, "-m", "bertft", "predict", "--config", str(configs[0]), f"--ckpt_path={best}",
-         f"--data.predict_file={predict_in}", f"--prediction.output_file={out_file}",
-         "--trainer.enable_progress_bar=false", *common],
-        env=env, capture_output=True, text=True, timeout=600,
+    run_bertft(
+        *cli_args(out, f"--ckpt_path={best}", f"--prediction.output_file={out_file}", command="predict",
+                  configs=[configs[0]], predict=predict_in, **data),
+        env={"PYTHONUNBUFFERED": "1"}, timeout=600,
     )  # fmt: skip
-    assert pred.returncode == 0, pred.stderr[-3000:]
     with open(out_file, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    expected = [s for s, _ in sst2_rows("test", 37)]
-    assert [r["sentence"] for r in rows] == expected  # one row per input, in input order
+    assert [r["sentence"] for r in rows] == texts  # one row per input, in input order
     for r in rows:
         p0, p1 = float(r["prob_0"]), float(r["prob_1"])
         assert 0 <= p0 <= 1
@@ -176,17 +129,8 @@ def test_fit_test_predict_end_to_end_on_real_data(tmp_path: Path) -> None:
 
 def test_checkpoint_keeps_what_load_needs(tmp_path: Path, tiny_bert_dir: Path) -> None:
     train = write_tsv(tmp_path / "train.tsv", [(s, "pos" if y == "1" else "neg") for s, y in sst2_rows("train", 40)])
-    main(
-        [
-            "fit",
-            f"--model.encoder={tiny_bert_dir}",
-            "--model.head=bertft.heads.WeightedLayersHead",
-            f"--data.train_file={train}",
-            "--data.quoting=false",
-            "--trainer.max_steps=2",
-            *quick_args(tmp_path),
-        ]
-    )
+    main(cli_args(tmp_path, "--model.head=bertft.heads.WeightedLayersHead", encoder=tiny_bert_dir, train=train,
+                  quoting=False, max_steps=2, logger=False))  # fmt: skip
     ckpt = next(tmp_path.rglob("last.ckpt"))
     hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert hparams["label_names"] == ["neg", "pos"]

@@ -23,9 +23,8 @@ from bertft.data import TextDataModule
 from bertft.training import console
 from bertft.training.console import PlainModelSummary, ProgressLog, RichSummary
 
-from .test_cli import quick_args, sst2_rows, write_tsv
+from .helpers import CONFIGS, cli_args, quiet_trainer, sst2_rows, write_tsv
 
-ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(
     r"^step (\d+)/(\d+) \| epoch 0 \| loss (\d+\.\d{4}) \| (\d+\.\d) samples/s \| elapsed \d+:\d\d \| ETA \d+:\d\d$"
 )
@@ -43,18 +42,16 @@ def tiny_fit(tmp_path: Path, tiny_bert_dir: Path, callback: ProgressLog, **train
         cache_dir=str(tmp_path / "cache"),
     )
     model = FineTuner(str(tiny_bert_dir), num_labels=data.num_labels, label_names=data.label_names)
-    fit = L.Trainer(
+    options = dict(
         max_steps=6,
         val_check_interval=4,  # batches: with accumulate_grad_batches=2, every 2 optimiser steps
         limit_val_batches=2,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
+        enable_progress_bar=None,  # Lightning's default: on, as in a user's run
         default_root_dir=tmp_path,
         callbacks=[callback],
-        **trainer,  # type: ignore[arg-type]
     )
+    fit = quiet_trainer(**{**options, **trainer})
     fit.fit(model, data)
     return fit
 
@@ -149,7 +146,7 @@ def test_the_cli_shows_library_output_on_request(tiny_bert_dir: Path) -> None:
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     records = Records()
     logger.addHandler(records)
-    config = str(ROOT / "configs" / "quickstart.yaml")
+    config = str(CONFIGS / "quickstart.yaml")
     try:
         for flag in ([], ["--show_library_output=true"]):
             main(["--config", config, f"--model.encoder={tiny_bert_dir}", *flag], run=False)
@@ -162,15 +159,8 @@ def test_the_cli_shows_library_output_on_request(tiny_bert_dir: Path) -> None:
 def test_model_summary_leaves_out_flops_it_did_not_count(
     tmp_path: Path, tiny_bert_dir: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cli = main(
-        [
-            "--config",
-            str(ROOT / "configs" / "quickstart.yaml"),
-            f"--model.encoder={tiny_bert_dir}",
-            *quick_args(tmp_path),
-        ],
-        run=False,
-    )
+    args = cli_args(tmp_path, command=None, configs=[CONFIGS / "quickstart.yaml"], encoder=tiny_bert_dir, logger=False)
+    cli = main(args, run=False)
     assert cli is not None
     summaries = [c for c in cli.trainer.callbacks if isinstance(c, RichModelSummary | PlainModelSummary)]
     assert len(summaries) == 1

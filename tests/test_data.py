@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,30 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from bertft.bundled import resolve_path
 from bertft.data import DataError, LengthGroupedBatchSampler, LengthSortedSampler, TextDataModule, load_tokenizer
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-SST2 = Path(resolve_path("bundled://sst2/train.tsv")).parent
+from .helpers import sst2_rows, write_tsv
 
-
-def sst2_rows(split: str, n: int) -> list[tuple[str, str]]:
-    """The first ``n`` (sentence, label) rows of a bundled SST-2 split."""
-    with open(SST2 / f"{split}.tsv", encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader)
-        return [(row[0], row[1]) for _, row in zip(range(n), reader, strict=False)]
-
-
-def write_tsv(path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...] = ("sentence", "label")) -> str:
-    lines = ["\t".join(header)] + ["\t".join(r) for r in rows]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return str(path)
-
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BERTFT_CACHE", str(tmp_path / "cache"))  # never write to the user's ~/.cache
+pytestmark = pytest.mark.usefixtures("cache_in_tmp")
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,8 @@ Each test starts real processes through the real entry point, as a user's launch
 from __future__ import annotations
 
 import csv
-import json
-import os
-import subprocess
 import sys
-import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,22 +16,9 @@ import torch
 from bertft import FineTuner
 from bertft.training.distributed import wrap_encoder_layers
 
-from .ddp import assert_same_collectives, free_port, last_collectives, launch, read_collectives
-from .test_cli import ROOT, sst2_rows, write_tsv
-
-WORKER = Path(__file__).with_name("ddp_worker.py")
-
-
-def results(folder: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("rank*.json"))]
-
-
-def run(args: list[str], devices: int = 2, timeout: int = 600) -> list[dict]:
-    """The CLI through ``ddp_worker.py`` (each rank reports its weights' digest and metrics), held to ``launch``'s
-    rules: no hang, the same collectives on every rank."""
-    folder = Path(tempfile.mkdtemp(prefix="ddp-results-"))
-    launch(args, world_size=devices, timeout=timeout, env={"BERTFT_RESULT_DIR": str(folder)}, script=WORKER)
-    return results(folder)
+from .ddp import WORKER, assert_same_collectives, free_port, last_collectives, read_collectives, run_worker
+from .ddp import worker_results as results
+from .helpers import CONFIGS, cli_args, run_bertft, sst2_rows, write_tsv
 
 
 @pytest.fixture(scope="module")
@@ -54,32 +38,30 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def fit_args(files: dict[str, Path], out: Path, batch_size: int, devices: int) -> list[str]:
-    return [
-        "fit",
-        "--config", str(ROOT / "configs" / "debug.yaml"),
-        "--config", str(files["deterministic"]),
-        f"--data.train_file={files['train']}",
-        f"--data.val_file={files['val']}",
+    """One epoch of debug.yaml without dropout; the config's logger stays on: DDP once hung only with one."""
+    return cli_args(
+        out,
         "--data.test_file=null",
-        f"--data.batch_size={batch_size}",
-        "--trainer.max_steps=-1",
         "--trainer.max_epochs=1",  # 64 rows / global batch 16 = 4 optimiser steps
         "--trainer.val_check_interval=null",
         "--trainer.limit_val_batches=null",
         "--trainer.accelerator=cpu",
         f"--trainer.devices={devices}",
         f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
-        "--trainer.enable_progress_bar=false",  # the default logger stays on: DDP once hung only with one
-        f"--trainer.default_root_dir={out}",
-    ]  # fmt: skip
+        configs=[CONFIGS / "debug.yaml", files["deterministic"]],
+        train=files["train"],
+        val=files["val"],
+        batch_size=batch_size,
+        max_steps=-1,
+    )
 
 
 @pytest.fixture(scope="module")
 def single_and_ddp(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The same fit on the real MiniLM and real rows: 1 process x batch 16, and 2 DDP processes x batch 8."""
     out = tmp_path_factory.mktemp("ddp_runs")
-    single = run(fit_args(files, out / "single", 16, devices=1), devices=1)
-    ddp = run(fit_args(files, out / "ddp", 8, devices=2))
+    single = run_worker(fit_args(files, out / "single", 16, devices=1), devices=1)
+    ddp = run_worker(fit_args(files, out / "ddp", 8, devices=2))
     return {"out": out, "single": single, "ddp": ddp}
 
 
@@ -114,16 +96,13 @@ def test_ddp_predict_equals_single_process_row_for_row(files: dict[str, Path], s
     tables = {}
     for devices in (1, 2):
         target = out / f"predictions-{devices}.csv"
-        run(
-            [
-                "predict", "--config", str(ROOT / "configs" / "debug.yaml"), f"--ckpt_path={ckpt}",
-                f"--data.train_file={files['train']}", f"--data.predict_file={files['predict']}",
-                "--data.batch_size=8", "--trainer.accelerator=cpu", f"--trainer.devices={devices}",
-                f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
-                f"--trainer.default_root_dir={out / 'predict'}", f"--prediction.output_file={target}",
-            ],
-            devices=devices,
+        args = cli_args(
+            out / "predict", f"--ckpt_path={ckpt}", "--trainer.accelerator=cpu", f"--trainer.devices={devices}",
+            f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}", f"--prediction.output_file={target}",
+            command="predict", configs=[CONFIGS / "debug.yaml"], train=files["train"], predict=files["predict"],
+            batch_size=8, progress_bar=True,
         )  # fmt: skip
+        run_worker(args, devices=devices)
         with open(target, encoding="utf-8") as f:
             tables[devices] = list(csv.DictReader(f))
     assert len(tables[1]) == 37
@@ -137,7 +116,6 @@ def test_ddp_predict_equals_single_process_row_for_row(files: dict[str, Path], s
 def test_two_nodes_on_one_machine_with_bf16(files: dict[str, Path], tiny_bert_dir: Path, tmp_path: Path) -> None:
     """num_nodes=2, one process each, started by hand with Lightning's environment variables (as SLURM or a
     scheduler would); bf16-mixed on CPU; the default logger on. Both finish, agree on the weights, and exit 0."""
-    port = str(free_port())
     args = [
         *fit_args(files, tmp_path, 8, devices=1),
         f"--model.encoder={tiny_bert_dir}",
@@ -146,27 +124,16 @@ def test_two_nodes_on_one_machine_with_bf16(files: dict[str, Path], tiny_bert_di
         "--trainer.precision=bf16-mixed",
     ]
     trace = tmp_path / "trace"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": port, "WORLD_SIZE": "2", "LOCAL_RANK": "0", "BERTFT_RESULT_DIR": str(tmp_path),
-           "BERTFT_TRACE_COLLECTIVES": str(trace)}  # fmt: skip
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), *args],
-            env={**env, "NODE_RANK": str(node)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for node in (0, 1)
-    ]
-    try:
-        outputs = [p.communicate(timeout=300) for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"two nodes: no end after 300 s\n{last_collectives(trace)}")
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-4000:]
+    env = {"OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
+           "LOCAL_RANK": "0", "BERTFT_RESULT_DIR": str(tmp_path), "BERTFT_TRACE_COLLECTIVES": str(trace)}  # fmt: skip
+
+    def node(rank: int) -> str:
+        return run_bertft(*args, command=[sys.executable, str(WORKER)], env={**env, "NODE_RANK": str(rank)},
+                          on_timeout=lambda: last_collectives(trace)).stderr  # fmt: skip
+
+    with ThreadPoolExecutor(2) as pool:
+        errors = list(pool.map(node, (0, 1)))
+    for err in errors:
         assert "terminate called" not in err
     assert_same_collectives(read_collectives(trace), world_size=2)
     reports = results(tmp_path)
@@ -182,7 +149,7 @@ def test_fsdp_config_parses_and_wraps_each_encoder_layer(tiny_bert_dir: Path) ->
     from jsonargparse import ArgumentParser
     from lightning.pytorch.strategies import FSDPStrategy
 
-    config = yaml.safe_load((ROOT / "configs" / "trainer" / "fsdp.yaml").read_text())
+    config = yaml.safe_load((CONFIGS / "trainer" / "fsdp.yaml").read_text())
     parser = ArgumentParser()
     parser.add_argument("--strategy", type=FSDPStrategy)
     strategy = parser.instantiate_classes(parser.parse_object({"strategy": config["trainer"]["strategy"]})).strategy
@@ -200,9 +167,9 @@ def test_fsdp_config_parses_and_wraps_each_encoder_layer(tiny_bert_dir: Path) ->
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: Lightning's FSDP refuses the CPU")
 def test_fsdp_and_bf16_fit_on_gpu(files: dict[str, Path], tmp_path: Path) -> None:
     devices = torch.cuda.device_count()
-    run(
+    run_worker(
         [
-            *fit_args(files, tmp_path, 8, devices=1), "--config", str(ROOT / "configs" / "trainer" / "fsdp.yaml"),
+            *fit_args(files, tmp_path, 8, devices=1), "--config", str(CONFIGS / "trainer" / "fsdp.yaml"),
             "--trainer.accelerator=gpu", f"--trainer.devices={devices}",
         ],
         devices=devices,

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
@@ -28,11 +25,21 @@ from bertft.heads import CLSHead, MeanHead, PoolerHead, TokenHead
 from bertft.optim import parameter_groups
 from bertft.training.distributed import wrap_encoder_layers
 
-from .conftest import read_sst2
 from .families import FAMILIES, ZH, Family
-from .test_tasks_token import subset, word_predictions
+from .helpers import (
+    CONFIGS,
+    bundled_lines,
+    cli_args,
+    quiet_trainer,
+    run_bertft,
+    sst2_rows,
+    subset,
+    word_predictions,
+    write_conll,
+    write_lines,
+    write_tsv,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = [f.name for f in FAMILIES]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's few-batches and worker warnings
 
@@ -41,36 +48,22 @@ def family_param(names: list[str] = NAMES) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("family", [f for f in FAMILIES if f.name in names], ids=lambda f: f.name)
 
 
-def trainer(**kwargs) -> L.Trainer:
-    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, max_steps=2, limit_val_batches=0)  # fmt: skip
-    return L.Trainer(**{**defaults, **kwargs})
-
-
 @pytest.fixture(scope="module")
-def sst2_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def sst2_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Small real SST-2 splits (train: 32 rows, val/test: 16)."""
     folder = tmp_path_factory.mktemp("sst2")
-    out = {}
-    for split, source, n in [("train", "train", 32), ("val", "dev", 16), ("test", "test", 16)]:
-        texts, labels = read_sst2(source, n)
-        path = folder / f"{split}.tsv"
-        path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in zip(texts, labels, strict=True)))
-        out[split] = path
-    return out
+    splits = [("train", "train", 32), ("val", "dev", 16), ("test", "test", 16)]
+    return {split: write_tsv(folder / f"{split}.tsv", sst2_rows(source, n)) for split, source, n in splits}
 
 
 @pytest.fixture(scope="module")
-def stsb_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def stsb_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Real STS-B pairs, in the bundled files' own layout (read by configs/stsb.yaml): 32 to train, 16 to evaluate."""
     folder = tmp_path_factory.mktemp("stsb")
-    lines = {
-        s: (ROOT / "bertft" / "bundled" / "stsb" / f"sts-{s}.csv").read_text().splitlines() for s in ("train", "dev")
+    return {
+        "train": write_lines(folder / "train.csv", bundled_lines("stsb/sts-train.csv")[:32]),
+        "val": write_lines(folder / "dev.csv", bundled_lines("stsb/sts-dev.csv")[:16]),
     }
-    out = {"train": folder / "train.csv", "val": folder / "dev.csv"}
-    out["train"].write_text("\n".join(lines["train"][:32]) + "\n")
-    out["val"].write_text("\n".join(lines["dev"][:16]) + "\n")
-    return out
 
 
 def sentence_pairs(path: Path) -> list[tuple[str, str]]:
@@ -83,28 +76,24 @@ def sentence_pairs(path: Path) -> list[tuple[str, str]]:
 
 @family_param()
 def test_cli_fit_on_pairs_then_predict_export_and_load(
-    family: Family, family_dir, stsb_files: dict[str, Path], tmp_path: Path
+    family: Family, family_dir, stsb_files: dict[str, str], tmp_path: Path
 ) -> None:
     encoder = family_dir(family.name)
-    cli = main(
-        [
-            "fit",
-            f"--config={ROOT / 'configs' / 'stsb.yaml'}",
-            f"--config={ROOT / 'configs' / 'heads' / 'weighted.yaml'}",  # mixes hidden_states: L + 1 of every family
-            f"--model.encoder={encoder}",
-            f"--data.train_file={stsb_files['train']}",
-            f"--data.val_file={stsb_files['val']}",
-            f"--data.test_file={stsb_files['val']}",
-            "--data.batch_size=8",
-            "--data.max_length=48",
-            "--trainer.max_epochs=1",
-            "--trainer.max_steps=4",  # one epoch: validation picks a best checkpoint
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            f"--trainer.default_root_dir={tmp_path / 'run'}",
-            f"--data.cache_dir={tmp_path / 'cache'}",
-        ]
+    args = cli_args(
+        tmp_path / "run",
+        "--data.max_length=48",
+        "--trainer.max_epochs=1",  # with 4 steps, one epoch: validation picks a best checkpoint
+        "--trainer.enable_model_summary=false",
+        configs=[CONFIGS / "stsb.yaml", CONFIGS / "heads" / "weighted.yaml"],  # weighted: L + 1 hidden states
+        encoder=encoder,
+        train=stsb_files["train"],
+        val=stsb_files["val"],
+        test=stsb_files["val"],
+        batch_size=8,
+        max_steps=4,
+        cache_dir=tmp_path / "cache",
     )
+    cli = main(args)
     assert torch.isfinite(cli.trainer.callback_metrics["test/loss"])  # fit's own test ran on the best checkpoint
     ckpt = next((tmp_path / "run").rglob("best-*.ckpt"))
 
@@ -122,9 +111,9 @@ def test_cli_fit_on_pairs_then_predict_export_and_load(
     torch.testing.assert_close(exported, direct, atol=1e-5, rtol=1e-4)
 
     predictions = tmp_path / "predictions.csv"
-    main(["predict", f"--config={next((tmp_path / 'run').rglob('config.yaml'))}", f"--ckpt_path={ckpt}",
-          f"--data.predict_file={stsb_files['val']}", f"--prediction.output_file={predictions}",
-          "--trainer.logger=false", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    config = next((tmp_path / "run").rglob("config.yaml"))
+    main(cli_args(tmp_path / "run", f"--ckpt_path={ckpt}", f"--prediction.output_file={predictions}", command="predict",
+                  configs=[config], predict=stsb_files["val"], logger=False, cache_dir=tmp_path / "cache"))  # fmt: skip
     with open(predictions, encoding="utf-8") as f:
         predicted = [float(r["prediction"]) for r in csv.DictReader(f)][:6]  # in the file's order
     torch.testing.assert_close(torch.tensor(predicted), direct.flatten(), atol=1e-4, rtol=1e-3)
@@ -141,7 +130,7 @@ def test_cli_fit_on_pairs_then_predict_export_and_load(
 
 
 @family_param()
-def test_every_head_fits_and_tests(family: Family, family_dir, sst2_files: dict[str, Path], tmp_path: Path) -> None:
+def test_every_head_fits_and_tests(family: Family, family_dir, sst2_files: dict[str, str], tmp_path: Path) -> None:
     encoder = str(family_dir(family.name))
     data = TextDataModule(
         train_file=str(sst2_files["train"]), test_file=str(sst2_files["test"]), quoting=False, tokenizer=encoder,
@@ -150,7 +139,7 @@ def test_every_head_fits_and_tests(family: Family, family_dir, sst2_files: dict[
     for head in (MeanHead(), CLSHead()):  # WeightedLayersHead: the command-line test above
         model = FineTuner(encoder, head=head, label_names=data.label_names, lr=1e-3)
         before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-        t = trainer()
+        t = quiet_trainer(max_steps=2, limit_val_batches=0)
         t.fit(model, datamodule=data)
         [metrics] = t.test(model, datamodule=data, verbose=False)
         assert 0.0 <= metrics["test/acc"] <= 1.0
@@ -175,7 +164,7 @@ def test_every_head_fits_and_tests(family: Family, family_dir, sst2_files: dict[
 
 @family_param()
 def test_pairs_pass_token_type_ids_only_to_encoders_that_read_them(
-    family: Family, family_dir, stsb_files: dict[str, Path], tmp_path: Path
+    family: Family, family_dir, stsb_files: dict[str, str], tmp_path: Path
 ) -> None:
     encoder = str(family_dir(family.name))
     data = TextDataModule(
@@ -239,15 +228,12 @@ def test_words_split_as_in_running_text_and_windows_merge_back(family: Family, f
 def test_token_classification_fits_and_tags_every_word(family: Family, family_dir, tmp_path: Path) -> None:
     encoder = str(family_dir(family.name))
     source = sentences_for(family)
-    train = tmp_path / "train.txt"
-    with open(train, "w", encoding="utf-8") as f:
-        for words, tags in list(zip(source.frame[TOKENS], source.frame[TAGS], strict=True))[:32]:
-            f.write("".join(f"{w} {t}\n" for w, t in zip(words, tags, strict=True)) + "\n")
-    data = TokenDataModule(train_file=str(train), tokenizer=encoder, max_length=24, stride=6, batch_size=16,
+    train = write_conll(tmp_path / "train.txt", source, range(32))
+    data = TokenDataModule(train_file=train, tokenizer=encoder, max_length=24, stride=6, batch_size=16,
                            cache_dir=str(tmp_path / "cache"))  # fmt: skip
     names = data.label_names
     model = FineTuner(encoder, head=TokenHead(), task="token", num_labels=len(names), label_names=names, lr=1e-3)
-    trainer(max_steps=1).fit(model, datamodule=data)
+    quiet_trainer(max_steps=1, limit_val_batches=0).fit(model, datamodule=data)
     predictor = load_predictor(model, encoder)
     sentences = [list(w) for w in source.frame[TOKENS][32:40]]
     for words, result in zip(sentences, predictor.predict_tokens(sentences, stride=4), strict=True):
@@ -342,7 +328,7 @@ def test_cli_refuses_a_decoder_with_exit_code_2(tmp_path: Path, capsys) -> None:
 
     path = save_config(tmp_path / "gpt2", GPT2Config(n_layer=2, n_embd=32, n_head=4))
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs" / "debug.yaml"), f"--model.encoder={path}",
+        main(["fit", "--config", str(CONFIGS / "debug.yaml"), f"--model.encoder={path}",
               f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     assert exit_info.value.code == 2
     assert "'gpt2' model, not a bidirectional text encoder" in capsys.readouterr().err
@@ -352,16 +338,10 @@ def test_cli_refuses_a_decoder_with_exit_code_2(tmp_path: Path, capsys) -> None:
 # ----- one real command line, in its own process: ALBERT, which failed before shared layers were understood -------
 
 
-def test_albert_through_the_real_command_line(family_dir, sst2_files: dict[str, Path], tmp_path: Path) -> None:
-    encoder = family_dir("albert")
-    result = subprocess.run(
-        [sys.executable, "-m", "bertft", "fit", "--config", str(ROOT / "configs" / "debug.yaml"),
-         f"--model.encoder={encoder}", f"--data.train_file={sst2_files['train']}",
-         f"--data.val_file={sst2_files['val']}", f"--data.test_file={sst2_files['test']}", "--trainer.max_steps=2",
-         "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
-         f"--trainer.default_root_dir={tmp_path}", f"--data.cache_dir={tmp_path / 'cache'}"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_albert_through_the_real_command_line(family_dir, sst2_files: dict[str, str], tmp_path: Path) -> None:
+    args = cli_args(tmp_path, "--trainer.val_check_interval=2", configs=[CONFIGS / "debug.yaml"],
+                    encoder=family_dir("albert"), train=sst2_files["train"], val=sst2_files["val"],
+                    test=sst2_files["test"], max_steps=2)  # fmt: skip
+    result = run_bertft(*args, timeout=300)
     assert "could not find" not in result.stderr
     assert list(tmp_path.rglob("last.ckpt"))

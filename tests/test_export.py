@@ -23,8 +23,7 @@ from bertft.deploy.inference import HEAD_WEIGHTS, MANIFEST, EncoderWithHead, Pre
 from bertft.encoder import load_encoder
 from bertft.heads import MeanHead, PoolerHead, WeightedLayersHead
 
-from .conftest import MINILM, read_sst2
-from .test_model import fit, make_batches
+from .helpers import MINILM, fit, make_batches, sst2_rows
 
 LABELS = ["negative", "positive"]
 HAS_ONNX = importlib.util.find_spec("onnx") is not None  # the exporter needs it; onnxruntime checks the result
@@ -33,7 +32,7 @@ MAX_LENGTH = 64  # make_batches' truncation, recorded in the checkpoint as the C
 
 def train_checkpoint(path: Path, head, steps: int, rows: int) -> Path:
     L.seed_everything(0)
-    loader = make_batches(MINILM, *read_sst2("train", rows), batch_size=16)
+    loader = make_batches(MINILM, sst2_rows("train", rows, label=int), batch_size=16)
     model = FineTuner("minilm", head=head, label_names=LABELS, lr=1e-4)
     trainer = fit(model, loader, steps=steps)
     trainer.save_checkpoint(path)
@@ -58,7 +57,7 @@ def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def texts() -> list[str]:
     """Real test rows, longest first: the order Predictor batches in, so one batch holds them in this order."""
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
-    rows = read_sst2("test", 24)[0]
+    rows = [text for text, _ in sst2_rows("test", 24)]
     return sorted(rows, key=lambda t: -len(tokenizer(t, truncation=True, max_length=MAX_LENGTH)["input_ids"]))
 
 
@@ -220,7 +219,7 @@ def test_predict_formats_each_task(task: str, tiny_bert_dir: Path) -> None:
     head.build(encoder.config.hidden_size, encoder.config.num_hidden_layers, len(names) or 1)
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
     predictor = Predictor(EncoderWithHead(encoder, head), tokenizer, task, names, threshold=0.5)
-    texts = read_sst2("test", 5)[0]
+    texts = [text for text, _ in sst2_rows("test", 5)]
     logits = predictor.logits(texts)
     predictions = predictor.predict(texts, batch_size=2)
     if task == "regression":

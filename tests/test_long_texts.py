@@ -12,8 +12,8 @@ from bertft import tasks
 from bertft.cli import main
 from bertft.data import LengthSortedSampler, TextDataModule, load_tokenizer
 
-from .test_cli import quick_args, sst2_rows, write_tsv
-from .test_distributed import run as run_worker
+from .ddp import run_worker
+from .helpers import cli_args, sst2_rows, write_tsv
 
 
 def long_rows(n: int) -> list[tuple[str, str]]:
@@ -73,7 +73,7 @@ def test_test_and_predict_count_texts_not_windows(tmp_path: Path, tiny_bert_dir:
     args = [f"--model.encoder={tiny_bert_dir}", "--data.quoting=false", "--data.max_length=16",
             "--data.long_texts=windows", "--data.stride=4", "--data.eval_batch_size=5"]  # fmt: skip
     cli = main(["fit", *args, f"--data.train_file={train}", f"--data.test_file={test}", "--trainer.max_steps=3",
-                *quick_args(tmp_path)])  # fmt: skip
+                *cli_args(tmp_path, command=None, logger=False)])  # fmt: skip
     model, data = cli.model.eval(), cli.datamodule
     assert data.datasets["test"].num_rows > 12  # more windows than texts
     rows, logits, labels = [], [], []
@@ -89,7 +89,7 @@ def test_test_and_predict_count_texts_not_windows(tmp_path: Path, tiny_bert_dir:
 
     out = tmp_path / "predictions.csv"
     main(["predict", *args, f"--data.predict_file={test}", f"--ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
-          f"--prediction.output_file={out}", *quick_args(tmp_path / "p")])  # fmt: skip
+          f"--prediction.output_file={out}", *cli_args(tmp_path / "p", command=None, logger=False)])  # fmt: skip
     with out.open(newline="") as f:
         written = list(csv.DictReader(f))
     assert [r["sentence"] for r in written] == [t for t, _ in long_rows(36)[24:]]  # one row per text, in order

@@ -12,8 +12,7 @@ from transformers import AutoModel
 from bertft import FineTuner
 from bertft.heads import ConcatCLSHead, MeanHead, PoolerHead, WeightedLayersHead
 
-from .conftest import MINILM, read_sst2
-from .test_model import fit, make_batches
+from .helpers import MINILM, fit, make_batches, sst2_rows
 
 
 def mean_loss(model: FineTuner, loader) -> float:
@@ -26,7 +25,7 @@ def mean_loss(model: FineTuner, loader) -> float:
 
 def test_thirty_steps_lower_the_training_loss() -> None:
     L.seed_everything(0)
-    loader = make_batches(MINILM, *read_sst2("train", 480), batch_size=16)  # 30 batches of real rows
+    loader = make_batches(MINILM, sst2_rows("train", 480, label=int), batch_size=16)  # 30 batches of real rows
     model = FineTuner("minilm", lr=1e-4, warmup_ratio=0.1)
     before = mean_loss(model, loader)
     trainer = fit(model, loader, steps=30)
@@ -38,7 +37,7 @@ def test_thirty_steps_lower_the_training_loss() -> None:
 @pytest.mark.parametrize("head", [MeanHead(), PoolerHead(), WeightedLayersHead(), ConcatCLSHead(last_k=2)])
 def test_logits_equal_a_hand_written_forward(head) -> None:
     model = FineTuner("minilm", head=head).eval()
-    batch = next(iter(make_batches(MINILM, *read_sst2("test", 6))))
+    batch = next(iter(make_batches(MINILM, sst2_rows("test", 6, label=int))))
     reference = AutoModel.from_pretrained(MINILM).eval()  # plain transformers, with its pooler
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
@@ -59,7 +58,7 @@ def test_logits_equal_a_hand_written_forward(head) -> None:
 
 
 def test_checkpoint_round_trip_reproduces_logits(tmp_path: Path) -> None:
-    loader = make_batches(MINILM, *read_sst2("train", 32), batch_size=16)
+    loader = make_batches(MINILM, sst2_rows("train", 32, label=int), batch_size=16)
     model = FineTuner("minilm", head=WeightedLayersHead(last_k=3, include_embeddings=False), label_names=["neg", "pos"])
     trainer = fit(model, loader, steps=2)
     path = tmp_path / "model.ckpt"
@@ -77,7 +76,7 @@ def test_checkpoint_round_trip_reproduces_logits(tmp_path: Path) -> None:
 
 
 def test_freeze_encoder_leaves_every_encoder_weight_bit_identical() -> None:
-    loader = make_batches(MINILM, *read_sst2("train", 64), batch_size=16)
+    loader = make_batches(MINILM, sst2_rows("train", 64, label=int), batch_size=16)
     model = FineTuner("minilm", freeze_encoder=True, lr=1e-3)
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     fit(model, loader, steps=4)
@@ -88,7 +87,7 @@ def test_freeze_encoder_leaves_every_encoder_weight_bit_identical() -> None:
 
 def test_attentions_are_exposed_for_analysis() -> None:
     model = FineTuner("minilm").eval()
-    batch = next(iter(make_batches(MINILM, *read_sst2("test", 3))))
+    batch = next(iter(make_batches(MINILM, sst2_rows("test", 3, label=int))))
     with torch.no_grad():
         out = model.encode(batch, attentions=True, hidden_states=True)
     seq = batch["input_ids"].shape[1]

@@ -8,41 +8,13 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from transformers import AutoTokenizer
 
 from bertft import FineTuner
 from bertft.encoder import EncoderOutput
 from bertft.heads import Head, MeanHead, PoolerHead, WeightedLayersHead, masked_mean
 from bertft.optim import warmup_then_decay
 
-from .conftest import read_sst2
-
-
-def make_batches(encoder_dir: Path, texts: list[str], labels: list, batch_size: int = 8) -> DataLoader:
-    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-
-    def collate(rows: list[tuple[str, object]]) -> dict[str, torch.Tensor]:
-        batch = dict(tokenizer([t for t, _ in rows], padding=True, truncation=True, max_length=64, return_tensors="pt"))
-        batch["labels"] = torch.tensor([y for _, y in rows])
-        return batch
-
-    return DataLoader(list(zip(texts, labels, strict=True)), batch_size=batch_size, collate_fn=collate)
-
-
-def fit(model: FineTuner, loader: DataLoader, steps: int) -> L.Trainer:
-    """Trains ``steps`` optimiser steps on CPU with nothing written to disk; returns the trainer."""
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, loader)
-    return trainer
+from .helpers import fit, make_batches, quiet_trainer, sst2_rows
 
 
 def captured_calls(model: FineTuner) -> list[dict]:
@@ -52,7 +24,7 @@ def captured_calls(model: FineTuner) -> list[dict]:
 
 
 def test_hidden_states_are_asked_for_only_when_the_head_needs_them(tiny_bert_dir: Path) -> None:
-    batch = next(iter(make_batches(tiny_bert_dir, *read_sst2("train", 4))))
+    batch = next(iter(make_batches(tiny_bert_dir, sst2_rows("train", 4, label=int))))
     for head, wanted in [(MeanHead(), False), (WeightedLayersHead(), True)]:
         model = FineTuner(str(tiny_bert_dir), head=head)
         calls = captured_calls(model)
@@ -79,7 +51,7 @@ def test_pooler_head_with_missing_pooler_weights_fails_clearly(tiny_bert_no_pool
 
 
 def test_distilbert_gets_only_the_inputs_it_accepts(tiny_distilbert_dir: Path) -> None:
-    batch = next(iter(make_batches(tiny_distilbert_dir, *read_sst2("train", 4))))
+    batch = next(iter(make_batches(tiny_distilbert_dir, sst2_rows("train", 4, label=int))))
     assert "token_type_ids" in batch  # the tokenizer makes them; DistilBERT's forward would reject them
     model = FineTuner(str(tiny_distilbert_dir), head=MeanHead())
     assert model(batch).shape == (4, 2)
@@ -95,7 +67,7 @@ def test_training_runs_with_dropout_active(tiny_bert_dir: Path) -> None:
         return original(batch, batch_idx)
 
     model.training_step = spy  # type: ignore[method-assign]
-    fit(model, make_batches(tiny_bert_dir, *read_sst2("train", 16)), steps=2)
+    fit(model, make_batches(tiny_bert_dir, sst2_rows("train", 16, label=int)), steps=2)
     assert modes == [True, True]
 
 
@@ -103,7 +75,7 @@ def test_frozen_encoder_does_not_move_and_the_head_does(tiny_bert_dir: Path) -> 
     model = FineTuner(str(tiny_bert_dir), head=WeightedLayersHead(), freeze_encoder=True, lr=1e-2)
     encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
-    fit(model, make_batches(tiny_bert_dir, *read_sst2("train", 32)), steps=4)
+    fit(model, make_batches(tiny_bert_dir, sst2_rows("train", 32, label=int)), steps=4)
     for k, v in model.encoder.state_dict().items():
         assert torch.equal(v, encoder_before[k]), k
     assert not torch.equal(model.head.state_dict()["mix.layer_logits"], head_before["mix.layer_logits"])
@@ -114,7 +86,7 @@ def test_frozen_embeddings_do_not_move_and_carry_no_optimiser_state(tiny_bert_di
     model = FineTuner(str(tiny_bert_dir), freeze_embeddings=True, lr=1e-2)
     words = model.encoder.get_input_embeddings().weight
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    trainer = fit(model, make_batches(tiny_bert_dir, *read_sst2("train", 32)), steps=4)
+    trainer = fit(model, make_batches(tiny_bert_dir, sst2_rows("train", 32, label=int)), steps=4)
     after = model.encoder.state_dict()
     assert torch.equal(words, before["embeddings.word_embeddings.weight"])
     assert words.grad is None
@@ -144,23 +116,23 @@ class FirstLastMean(Head):
 def test_a_head_defined_outside_the_package_trains(tiny_bert_dir: Path) -> None:
     model = FineTuner(str(tiny_bert_dir), head=FirstLastMean(dropout=0.0), lr=1e-3)
     before = model.head.classifier.net[-1].weight.clone()
-    fit(model, make_batches(tiny_bert_dir, *read_sst2("train", 16)), steps=2)
+    fit(model, make_batches(tiny_bert_dir, sst2_rows("train", 16, label=int)), steps=2)
     assert not torch.equal(before, model.head.classifier.net[-1].weight)
     assert model.hparams["head"]["class_path"] == f"{__name__}.FirstLastMean"
 
 
 @pytest.mark.parametrize("task", ["classification", "multilabel", "regression"])
 def test_every_task_trains_and_predicts(tiny_bert_dir: Path, task: str) -> None:
-    texts, ints = read_sst2("train", 16)
-    labels = {
-        "classification": ints,
-        "multilabel": [[float(y), 1.0 - y, 1.0] for y in ints],
-        "regression": [float(y) * 5 for y in ints],
+    rows = sst2_rows("train", 16, label=int)
+    label = {
+        "classification": lambda y: y,
+        "multilabel": lambda y: [float(y), 1.0 - y, 1.0],
+        "regression": lambda y: float(y) * 5,
     }[task]
     model = FineTuner(str(tiny_bert_dir), task=task, num_labels=3 if task == "multilabel" else 2)
-    loader = make_batches(tiny_bert_dir, texts, labels)
+    loader = make_batches(tiny_bert_dir, [(text, label(y)) for text, y in rows])
     fit(model, loader, steps=2)
-    metrics = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(model, loader)[0]
+    metrics = quiet_trainer().validate(model, loader)[0]
     assert {"val/" + k for k in ["loss"]} <= set(metrics)
     assert model.monitor in metrics
     out = model.predict_step(next(iter(loader)), 0)
@@ -213,16 +185,8 @@ def test_schedule_warms_up_then_decays_linearly() -> None:
 
 def test_schedule_counts_optimiser_steps_under_accumulation(tiny_bert_dir: Path) -> None:
     model = FineTuner(str(tiny_bert_dir), warmup_ratio=0.0)
-    loader = make_batches(tiny_bert_dir, *read_sst2("train", 64), batch_size=4)  # 16 batches
-    trainer = L.Trainer(
-        max_epochs=1,
-        accumulate_grad_batches=4,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-    )
+    loader = make_batches(tiny_bert_dir, sst2_rows("train", 64, label=int), batch_size=4)  # 16 batches
+    trainer = quiet_trainer(max_epochs=1, accumulate_grad_batches=4, limit_val_batches=0)
     trainer.fit(model, loader)
     assert trainer.global_step == 4
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 4

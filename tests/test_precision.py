@@ -9,7 +9,7 @@ import pytest
 from bertft.cli import main
 from bertft.training import precision
 
-from .test_cli import quick_args, sst2_rows, write_tsv
+from .helpers import cli_args, sst2_rows, write_tsv
 
 
 @pytest.fixture(autouse=True)
@@ -42,21 +42,14 @@ def test_accelerator_cpu_ignores_a_visible_gpu(monkeypatch: pytest.MonkeyPatch) 
     assert precision.default_precision("cpu") == "32-true"
 
 
-def _fit_args(tmp_path: Path, tiny_bert_dir: Path, *extra: str) -> list[str]:
-    train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 16))
-    return [
-        "--model.encoder", str(tiny_bert_dir),
-        f"--data.train_file={train}", "--data.text_column=sentence", "--data.label_column=label",
-        "--data.quoting=false", *quick_args(tmp_path), *extra,
-    ]  # fmt: skip
-
-
 def test_cli_fills_an_unset_precision_and_keeps_a_given_one(
     tmp_path: Path, tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(precision, "cpu_has_amx_bf16", lambda: True)  # pretend AMX: the choice must show
-    cli = main(_fit_args(tmp_path, tiny_bert_dir), run=False)
+    train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 16))
+    args = cli_args(tmp_path, command=None, encoder=tiny_bert_dir, train=train, quoting=False, logger=False)
+    cli = main(args, run=False)
     assert cli.config["trainer"]["precision"] == "bf16-mixed"  # recorded, so the saved config.yaml says it
     assert cli.trainer.precision == "bf16-mixed"
-    cli = main(_fit_args(tmp_path, tiny_bert_dir, "--trainer.precision=32-true"), run=False)
+    cli = main([*args, "--trainer.precision=32-true"], run=False)
     assert cli.trainer.precision == "32-true"

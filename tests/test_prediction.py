@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 from pathlib import Path
 
 import lightning as L
@@ -13,28 +11,19 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from bertft.bundled import resolve_path
 from bertft.data import TextDataModule
 from bertft.training.prediction import PredictionWriter, merge_outputs, prediction_frame, write_atomically
 
-os.environ["HF_HUB_OFFLINE"] = "1"
+from .helpers import quiet_trainer, sst2_rows, write_tsv
 
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BERTFT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("cache_in_tmp")
 
 
 @pytest.fixture
 def predict_file(tmp_path: Path) -> tuple[str, list[str]]:
     """The first 50 real SST-2 test sentences, without labels."""
-    with open(resolve_path("bundled://sst2/test.tsv"), encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader)
-        texts = [row[0] for _, row in zip(range(50), reader, strict=False)]
-    path = tmp_path / "predict.tsv"
-    path.write_text("sentence\n" + "\n".join(texts) + "\n", encoding="utf-8")
-    return str(path), texts
+    texts = [text for text, _ in sst2_rows("test", 50)]
+    return write_tsv(tmp_path / "predict.tsv", [(t,) for t in texts], header=("sentence",)), texts
 
 
 class FakeModel(L.LightningModule):
@@ -56,13 +45,7 @@ class FakeModel(L.LightningModule):
 
 def predict(tmp_path: Path, dm: TextDataModule, model: FakeModel, output: str | None) -> Path:
     writer = PredictionWriter(output)
-    trainer = L.Trainer(
-        callbacks=[writer],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(callbacks=[writer], default_root_dir=tmp_path)
     trainer.predict(model, datamodule=dm, return_predictions=False)
     return Path(output) if output else tmp_path / "predictions.csv"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -19,9 +18,7 @@ from bertft.data.sampler import LengthGroupedBatchSampler, ResumableDataLoader
 from bertft.io import atomic_write_text
 from bertft.training.faults import AtomicCheckpointIO
 
-from .test_cli import quick_args, sst2_rows, write_tsv
-
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT, cli_args, run_bertft, sst2_rows, write_tsv
 
 
 def lengths(n: int = 37) -> list[int]:
@@ -85,32 +82,29 @@ def test_loader_counts_batches_received_not_fetched_ahead() -> None:
 # ----- kill -9 and resume on the real MiniLM -----------------------------------------------------------------------
 
 
-def fit_command(out: Path, train: Path, val: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bertft",
-        "fit",
-        "--model.encoder=minilm",  # dropout on (0.1): the RNG states must be restored for equal masks
-        f"--data.train_file={train}",
-        f"--data.val_file={val}",
-        "--data.quoting=false",
+def fit_args(out: Path, train: str, val: str, *extra: str) -> list[str]:
+    """Two epochs of the real MiniLM, last.ckpt every 2 steps, the CSV logger on; dropout on (0.1), so the RNG states
+    must be restored for equal masks."""
+    return cli_args(
+        out,
         "--data.max_length=32",
-        "--data.batch_size=5",
-        f"--data.cache_dir={out.parent / 'cache'}",
         "--trainer.max_epochs=2",
         "--trainer.deterministic=true",
         "--trainer.accelerator=cpu",
         "--trainer.precision=32",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.logger=bertft.training.loggers.CSVLogger",
         "--trainer.log_every_n_steps=1",
         "--tracking.misclassified=0",
         "--seed_everything=7",
         "--resume.every_n_steps=2",
-        f"--trainer.default_root_dir={out}",
         *extra,
-    ]
+        encoder="minilm",
+        train=train,
+        val=val,
+        quoting=False,
+        batch_size=5,
+        logger="bertft.training.loggers.CSVLogger",
+        cache_dir=out.parent / "cache",
+    )
 
 
 def last_lr(metrics: Path) -> tuple[int, float]:
@@ -123,28 +117,24 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_matches_an_uninterrupted_run(tmp_
     # one is written mid-epoch (step 2 of 3). Small because every checkpoint of MiniLM with AdamW is 270 MB.
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 15))
     val = write_tsv(tmp_path / "val.tsv", sst2_rows("test", 10))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    done = subprocess.run(fit_command(whole, train, val), cwd=ROOT, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_bertft(*fit_args(whole, train, val), timeout=600)
 
-    killed = subprocess.Popen(fit_command(broken, train, val), cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     last = broken / "csv" / "version_0" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    _, err = killed.communicate()
-    assert killed.returncode == -signal.SIGKILL, err[-3000:]
+
+    def kill_at_the_first_checkpoint(proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 300
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+
+    run_bertft(*fit_args(broken, train, val), timeout=600, returncode=-signal.SIGKILL,
+               while_running=kill_at_the_first_checkpoint)  # fmt: skip
     interrupted = torch.load(last, map_location="cpu", weights_only=True)
     assert 0 < interrupted["global_step"] < 6  # killed before the end...
     assert interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] > 0  # ...mid-epoch
 
-    resumed = subprocess.run(
-        fit_command(broken, train, val, "--ckpt_path=last"), cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = run_bertft(*fit_args(broken, train, val, "--ckpt_path=last"), timeout=600)
     assert f"Resuming from {last}" in resumed.stderr
     assert not (broken / "csv" / "version_1").exists()  # the resumed run continued in the killed run's folder
 
@@ -165,8 +155,8 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_matches_an_uninterrupted_run(tmp_
 def test_ckpt_path_last_without_a_checkpoint_starts_afresh(tmp_path: Path, tiny_bert_dir: Path) -> None:
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 8))
     with pytest.warns(UserWarning, match="no last.ckpt under .*starting a fresh run"):
-        main(["fit", f"--model.encoder={tiny_bert_dir}", f"--data.train_file={train}", "--data.quoting=false",
-              "--trainer.max_steps=1", "--ckpt_path=last", *quick_args(tmp_path)])  # fmt: skip
+        main(cli_args(tmp_path, "--ckpt_path=last", encoder=tiny_bert_dir, train=train, quoting=False, max_steps=1,
+                      logger=False))  # fmt: skip
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
@@ -175,21 +165,19 @@ def test_ckpt_path_last_without_a_checkpoint_starts_afresh(tmp_path: Path, tiny_
 
 def test_sigterm_saves_last_ckpt_at_a_step_boundary_and_says_how_to_resume(tmp_path: Path, tiny_bert_dir: Path) -> None:
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 40))
-    args = ["fit", f"--model.encoder={tiny_bert_dir}", f"--data.train_file={train}", "--data.quoting=false",
-            "--data.batch_size=2", "--trainer.max_epochs=1000", "--resume.every_n_steps=7",
-            "--trainer.accelerator=cpu", *quick_args(tmp_path)]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bertft", *args], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
-    )
+    args = cli_args(tmp_path, "--resume.every_n_steps=7", "--trainer.accelerator=cpu", encoder=tiny_bert_dir,
+                    train=train, quoting=False, batch_size=2, logger=False)  # fmt: skip
     last = tmp_path / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 120
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.5)  # a few steps past the periodic save
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-3000:]
+
+    def terminate_after_the_periodic_save(proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 120
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # a few steps past the periodic save
+        proc.send_signal(signal.SIGTERM)
+
+    err = run_bertft(*args, "--trainer.max_epochs=1000", timeout=240, returncode=143,
+                     while_running=terminate_after_the_periodic_save).stderr  # fmt: skip
     message = err.strip().splitlines()[-1]
     assert message.startswith("bertft: stopped by SIGTERM after optimiser step ")
     assert f"checkpoint saved to {last}" in message
@@ -200,8 +188,7 @@ def test_sigterm_saves_last_ckpt_at_a_step_boundary_and_says_how_to_resume(tmp_p
 
     # It resumes from there, in-process, for one more epoch.
     epoch = saved["epoch"]
-    cli = main([*args[:-len(quick_args(tmp_path))], *quick_args(tmp_path), f"--trainer.max_epochs={epoch + 1}",
-                "--ckpt_path=last"])  # fmt: skip
+    cli = main([*args, f"--trainer.max_epochs={epoch + 1}", "--ckpt_path=last"])
     assert cli.trainer.global_step == (epoch + 1) * 20
 
 
@@ -223,9 +210,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(bertft.tasks, "loss", loss_nan_from_step_7)
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 40))
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", f"--model.encoder={tiny_bert_dir}", f"--data.train_file={train}", "--data.quoting=false",
-              "--data.batch_size=2", "--resume.every_n_steps=3", "--trainer.log_every_n_steps=4",
-              *quick_args(tmp_path)])  # fmt: skip
+        main(cli_args(tmp_path, "--resume.every_n_steps=3", "--trainer.log_every_n_steps=4", encoder=tiny_bert_dir,
+                      train=train, quoting=False, batch_size=2, logger=False))  # fmt: skip
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "bertft: error: the training loss became non-finite (NaN or inf) at optimiser step 7" in err

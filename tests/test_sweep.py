@@ -7,12 +7,11 @@ the trials themselves are 2 steps on 16 real SST-2 sentences.
 from __future__ import annotations
 
 import csv
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +21,8 @@ import yaml
 
 from bertft.cli import main
 
-from .test_cli import sst2_rows, write_tsv
+from .helpers import ROOT, run_bertft, sst2_rows, write_tsv
 
-ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # seconds for one sweep command; each trial takes seconds
 
 
@@ -63,12 +61,10 @@ def write_sweep(tmp_path: Path, base: Path, **fields: object) -> Path:
     return path
 
 
-def sweep_command(path: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bertft", "sweep", "--config", str(path), *extra]
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+def sweep(path: Path, *extra: str, **options) -> subprocess.CompletedProcess:
+    """``python -m bertft sweep --config <path>`` from the sweep's folder, as users run it; see ``run_bertft``."""
+    options = {"timeout": TIMEOUT, "cwd": path.parent, "env": {"PYTHONPATH": str(ROOT)}, **options}
+    return run_bertft("sweep", "--config", str(path), *extra, **options)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -84,12 +80,8 @@ def attempts(folder: Path) -> int:
 def test_grid_over_seeds_two_workers_on_one_sqlite(tmp_path: Path, base_config: Path) -> None:
     """2 points x 2 seeds, started as two processes on one storage: every (point, seed) runs exactly once."""
     path = write_sweep(tmp_path, base_config, space={"model.lr": [1.0e-3, 1.0e-4]}, seeds=[1, 2])
-    procs = [
-        subprocess.Popen(sweep_command(path), env=env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        for _ in range(2)
-    ]
-    outputs = [p.communicate(timeout=TIMEOUT)[0].decode() for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    with ThreadPoolExecutor(2) as pool:
+        outputs = [result.stdout for result in pool.map(lambda _: sweep(path), range(2))]
     assert "(point 1, seed 1): val/acc" in "".join(outputs)
 
     out = tmp_path / "sweep"
@@ -131,23 +123,21 @@ def test_sigkill_then_resume_runs_no_finished_trial_twice(tmp_path: Path, base_c
     """SIGKILL the sweep after its first finished trial, mid-way through the second; the same command finishes it."""
     path = write_sweep(tmp_path, base_config, space={"model.lr": [1.0e-3]}, seeds=[0, 1])
     out = tmp_path / "sweep"
-    proc = subprocess.Popen(sweep_command(path), env=env(), cwd=tmp_path, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + TIMEOUT
-    for line in proc.stdout:  # type: ignore[union-attr]
-        if line.startswith("trial 1/2"):
-            break
-        assert time.monotonic() < deadline
-    second = out / "trials" / "point1-seed1" / "trial.log"
-    while not second.is_file():  # the second trial has started: the kill interrupts it
-        time.sleep(0.2)
-        assert time.monotonic() < deadline
-    time.sleep(2)
     storage = f"sqlite:///{out / 'sweep.db'}"
-    running = optuna.load_study(study_name="sweep", storage=storage).get_trials(
-        states=(optuna.trial.TrialState.RUNNING,)
-    )
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    running: list[optuna.trial.FrozenTrial] = []
+
+    def kill_during_the_second_trial(proc: subprocess.Popen) -> None:
+        second = out / "trials" / "point1-seed1" / "trial.log"  # one worker: started once the first finished
+        while not second.is_file():
+            assert proc.poll() is None, "the sweep ended before its second trial"
+            time.sleep(0.2)
+        time.sleep(2)
+        running.extend(
+            optuna.load_study(study_name="sweep", storage=storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        )
+        proc.send_signal(signal.SIGKILL)
+
+    sweep(path, returncode=-signal.SIGKILL, while_running=kill_during_the_second_trial)
     first = [t for t in optuna.load_study(study_name="sweep", storage=storage).trials if t.state.name == "COMPLETE"]
     assert [(t.user_attrs["seed"]) for t in first] == [0]
     for trial in running:  # the trial's own process died with the sweep (no orphaned training)
@@ -159,10 +149,7 @@ def test_sigkill_then_resume_runs_no_finished_trial_twice(tmp_path: Path, base_c
         else:
             pytest.fail(f"trial process {pid} outlived the killed sweep")
 
-    resumed = subprocess.run(
-        sweep_command(path), env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT
-    )
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    sweep(path)
     study = optuna.load_study(study_name="sweep", storage=storage)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert sorted(t.user_attrs["seed"] for t in done) == [0, 1]
@@ -186,11 +173,7 @@ def test_invalid_value_fails_and_the_sweep_goes_on(tmp_path: Path, base_config: 
     Two workers in one process run the two points at once; ``--test_best`` then tests the finished one.
     """
     path = write_sweep(tmp_path, base_config, space={"model.head.init_args.dropout": [0.1, 1.5]}, workers=2)
-    result = subprocess.run(
-        sweep_command(path, "--test_best"), env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT
-    )
-    (tmp_path / "sweep.out").write_text(result.stdout + result.stderr)  # kept for a failure's post-mortem
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = sweep(path, "--test_best")
     assert "failed: " in result.stdout
     rows = {r["model.head.init_args.dropout"]: r for r in read_csv(tmp_path / "sweep" / "trials.csv")}
     assert rows["0.1"]["state"] == "finished"

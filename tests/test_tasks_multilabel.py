@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bertft.data.make_multilabel import make, sentence_labels
 from bertft.cli import main
 from bertft.data import ReadOptions, read_table
 from bertft.data.labels import parse_labels
+from bertft.data.make_multilabel import make, sentence_labels
 
-ROOT = Path(__file__).resolve().parents[1]
-MULTILABEL = ROOT / "bertft" / "bundled" / "conll2003" / "multilabel"
+from .helpers import BUNDLED, CONFIGS, bundled_lines, cli_args, write_lines
+
+MULTILABEL = BUNDLED / "conll2003" / "multilabel"
 TYPES = ["LOC", "MISC", "ORG", "PER"]
 
 
@@ -33,30 +34,15 @@ def test_labels_parse_as_sets_of_entity_types() -> None:
 
 
 def test_fit_then_predict_through_the_cli(tmp_path: Path, tiny_bert_dir: Path) -> None:
-    lines = (MULTILABEL / "train.tsv").read_text(encoding="utf-8").splitlines()
-    train = tmp_path / "train.tsv"
-    train.write_text("\n".join(lines[:201]) + "\n", encoding="utf-8")
-    val = tmp_path / "val.tsv"
-    val.write_text("\n".join([lines[0], *lines[201:241]]) + "\n", encoding="utf-8")
-    main(
-        [
-            "fit",
-            f"--config={ROOT / 'configs' / 'conll2003_multilabel.yaml'}",
-            f"--model.encoder={tiny_bert_dir}",
-            f"--data.train_file={train}",
-            f"--data.val_file={val}",
-            f"--data.test_file={val}",
-            "--trainer.max_steps=4",
-            "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={tmp_path / 'run'}",
-            f"--data.cache_dir={tmp_path / 'cache'}",
-        ]
-    )
+    lines = bundled_lines("conll2003/multilabel/train.tsv")
+    train = write_lines(tmp_path / "train.tsv", lines[:201])
+    val = write_lines(tmp_path / "val.tsv", [lines[0], *lines[201:241]])
+    main(cli_args(tmp_path / "run", configs=[CONFIGS / "conll2003_multilabel.yaml"], encoder=tiny_bert_dir,
+                  train=train, val=val, test=val, max_steps=4, logger=False, cache_dir=tmp_path / "cache"))  # fmt: skip
     out = tmp_path / "preds.jsonl"
     config, ckpt = next(tmp_path.rglob("config.yaml")), next(tmp_path.rglob("last.ckpt"))
-    main(["predict", f"--config={config}", f"--ckpt_path={ckpt}", f"--data.predict_file={val}",
-          f"--prediction.output_file={out}", "--trainer.logger=false"])  # fmt: skip
+    main(cli_args(tmp_path / "run", f"--ckpt_path={ckpt}", f"--prediction.output_file={out}", command="predict",
+                  configs=[config], predict=val, logger=False, cache_dir=tmp_path / "cache"))  # fmt: skip
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["sentence"] for r in rows] == [line.split("\t")[0] for line in lines[201:241]]
     for r in rows:

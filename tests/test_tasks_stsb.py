@@ -11,8 +11,8 @@ import torch
 from bertft.cli import main
 from bertft.data import DataError, ReadOptions, TextDataModule, read_table
 
-ROOT = Path(__file__).resolve().parents[1]
-STSB = ROOT / "bertft" / "bundled" / "stsb"
+from .helpers import CONFIGS, bundled_lines, cli_args, train_losses, write_lines
+
 COLUMNS = ("genre", "file", "year", "id", "score", "sentence1", "sentence2")
 OPTIONS = ReadOptions(file_format="tsv", quoting=False, header=False, column_names=COLUMNS, extra_fields="ignore")
 
@@ -62,42 +62,36 @@ def test_pairs_are_encoded_with_token_type_ids(tmp_path: Path) -> None:
 
 
 def test_fit_then_predict_through_the_cli(tmp_path: Path, tiny_bert_dir: Path) -> None:
-    lines = (STSB / "sts-train.csv").read_text(encoding="utf-8").splitlines()
+    lines = bundled_lines("stsb/sts-train.csv")
     nine = [line for line in lines if line.count("\t") == 8][:20]
-    train = tmp_path / "train.csv"
-    train.write_text("\n".join(lines[:140] + nine) + "\n", encoding="utf-8")  # the 9-field lines included
-    val = tmp_path / "val.csv"
-    val.write_text("\n".join((STSB / "sts-dev.csv").read_text(encoding="utf-8").splitlines()[:48]) + "\n")
-    main(
-        [
-            "fit",
-            f"--config={ROOT / 'configs' / 'stsb.yaml'}",
-            f"--model.encoder={tiny_bert_dir}",
-            "--model.lr=1.0e-3",
-            f"--data.train_file={train}",
-            f"--data.val_file={val}",
-            f"--data.test_file={val}",
-            "--trainer.max_epochs=1",
-            "--data.batch_size=8",
-            "--trainer.log_every_n_steps=1",
-            "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-            f"--trainer.logger.save_dir={tmp_path / 'logs'}",
-            "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={tmp_path / 'run'}",
-            f"--data.cache_dir={tmp_path / 'cache'}",
-        ]
+    train = write_lines(tmp_path / "train.csv", lines[:140] + nine)  # the 9-field lines included
+    val = write_lines(tmp_path / "val.csv", bundled_lines("stsb/sts-dev.csv")[:48])
+    args = cli_args(
+        tmp_path / "run",
+        "--model.lr=1.0e-3",
+        "--trainer.max_epochs=1",
+        "--trainer.log_every_n_steps=1",
+        f"--trainer.logger.save_dir={tmp_path / 'logs'}",
+        configs=[CONFIGS / "stsb.yaml"],
+        encoder=tiny_bert_dir,
+        train=train,
+        val=val,
+        test=val,
+        batch_size=8,
+        logger="lightning.pytorch.loggers.CSVLogger",
+        cache_dir=tmp_path / "cache",
     )
-    with open(next(tmp_path.rglob("metrics.csv")), encoding="utf-8") as f:
-        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    main(args)
+    losses = train_losses(tmp_path / "logs")
     assert sum(losses[-3:]) < sum(losses[:3])  # MSE from an untrained head far from 0..5 falls quickly
 
     out = tmp_path / "preds.csv"
     config, ckpt = next(tmp_path.rglob("config.yaml")), next(tmp_path.rglob("last.ckpt"))
-    main(["predict", f"--config={config}", f"--ckpt_path={ckpt}", f"--data.predict_file={val}",
-          f"--prediction.output_file={out}", "--trainer.logger=false"])  # fmt: skip
+    main(cli_args(tmp_path / "run", f"--ckpt_path={ckpt}", f"--prediction.output_file={out}", command="predict",
+                  configs=[config], predict=val, logger=False, cache_dir=tmp_path / "cache"))  # fmt: skip
     with open(out, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    expected = read_table(str(val), OPTIONS).frame
+    expected = read_table(val, OPTIONS).frame
     assert [r["sentence1"] for r in rows] == expected["sentence1"].tolist()  # input order, both texts kept
     assert [r["sentence2"] for r in rows] == expected["sentence2"].tolist()
     assert all(float(r["prediction"]) == float(r["prediction"]) for r in rows)  # finite numbers, not NaN

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 from pathlib import Path
@@ -15,12 +14,12 @@ from bertft.cli import main
 from bertft.data import DataError, TokenCollator, TokenDataModule, load_tokenizer, read_token_file
 from bertft.data.conll import TAGS, TOKENS
 from bertft.data.files import Table
-from bertft.data.tokens import FIRST, WORD_IDS, WORD_INDEX, TokenEncodeSettings, encode_sentences, owners, windows
+from bertft.data.tokens import FIRST, WORD_IDS, TokenEncodeSettings, encode_sentences, owners, windows
 from bertft.heads import MeanHead, TokenHead, WeightedLayersHead
 from bertft.ner import EntityScore, entities, entity_scores
 
-ROOT = Path(__file__).resolve().parents[1]
-CONLL = ROOT / "bertft" / "bundled" / "conll2003"
+from .helpers import ROOT, subset, train_losses, word_predictions, write_conll
+
 TAG_SET = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 
 
@@ -82,26 +81,10 @@ def test_tag_vocabulary_from_the_training_file_or_label_names(tmp_path: Path) ->
         TokenDataModule(train_file=str(train), label_names=["O", "B-ORG"]).label_names  # noqa: B018
 
 
-def subset(table: Table, rows: list[int]) -> Table:
-    return Table(table.path, table.frame.iloc[rows].reset_index(drop=True), [table.lines[i] for i in rows])
-
-
 def split_heavy(table: Table, tokenizer, n: int) -> list[int]:
     """Rows of the sentences with the most sub-tokens per word (names and numbers split into many pieces)."""
     ratio = [len(tokenizer(words, is_split_into_words=True)["input_ids"]) / len(words) for words in table.frame[TOKENS]]
     return sorted(range(len(ratio)), key=lambda i: -ratio[i])[:n]
-
-
-def word_predictions(dataset, collator: TokenCollator, label_names: list[str]) -> dict[int, dict[int, str]]:
-    """Reads each window's labels back where the model's predictions are read: the round trip under test."""
-    found: dict[int, dict[int, str]] = {}
-    for example in dataset:
-        batch = collator([example])
-        read = batch[WORD_INDEX][0] >= 0
-        for w, label in zip(batch[WORD_INDEX][0][read].tolist(), batch["labels"][0][read].tolist(), strict=True):
-            assert w not in found.setdefault(example["row"], {}), "a word is read from two windows"
-            found[example["row"]][w] = label_names[label]
-    return found
 
 
 @pytest.mark.parametrize("label_subtokens", ["first", "all"])
@@ -207,21 +190,6 @@ def test_entity_metric_regroups_words_in_any_order(dev: Table) -> None:
         setattr(synced, name, torch.cat(getattr(metric, name)))
     synced._update_count = 1
     assert synced.compute().item() == pytest.approx(entity_scores(gold, predicted).f1, abs=1e-6)
-
-
-def write_conll(path: Path, table: Table, rows: range, tags: bool = True) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        for i in rows:
-            for word, tag in zip(table.frame[TOKENS][i], table.frame[TAGS][i], strict=True):
-                f.write(f"{word} {tag}\n" if tags else f"{word}\n")
-            f.write("\n")
-    return path
-
-
-def train_losses(root: Path) -> list[float]:
-    metrics = next(root.rglob("metrics.csv"))
-    with open(metrics, encoding="utf-8") as f:
-        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
 def test_per_token_heads_and_shape_checks(tiny_bert_dir: Path, dev: Table, tokenizer) -> None:

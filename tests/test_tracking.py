@@ -14,9 +14,9 @@ import yaml
 from bertft.cli import main
 from bertft.training.loggers import WandbLogger, redact, wandb_login_found
 
-from .test_cli import ROOT, sst2_rows, write_tsv
+from .helpers import CONFIGS, ROOT, cli_args, sst2_rows, write_tsv
 
-LOGGERS = ROOT / "configs" / "loggers"
+LOGGERS = CONFIGS / "loggers"
 FAKE_KEY = "local-fake0123456789abcdef0123456789abcdef01"  # planted: must never reach a file
 MAX_STEPS, LOG_EVERY = 6, 2
 
@@ -25,32 +25,21 @@ def fit(tmp_path: Path, encoder: Path, *configs: str | Path) -> None:
     """A real fit of the tiny encoder on real SST-2 rows: 6 steps, validation at steps 3 and 6, then the test set."""
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 48))  # 6 batches of 8
     val = write_tsv(tmp_path / "val.tsv", sst2_rows("test", 24))
-    args = [
-        "fit",
-        "--config",
-        str(ROOT / "configs" / "debug.yaml"),
-        "--config",
-        str(ROOT / "configs/heads/weighted.yaml"),
-    ]
-    for config in configs:
-        args += ["--config", str(config)]
-    main(
-        [
-            *args,
-            f"--model.encoder={encoder}",
-            f"--data.train_file={train}",
-            f"--data.val_file={val}",
-            f"--data.test_file={val}",
-            "--data.batch_size=8",
-            f"--data.cache_dir={tmp_path / 'cache'}",
-            f"--trainer.max_steps={MAX_STEPS}",
-            f"--trainer.log_every_n_steps={LOG_EVERY}",
-            "--trainer.val_check_interval=3",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            f"--trainer.default_root_dir={tmp_path / 'run'}",
-        ]
+    args = cli_args(
+        tmp_path / "run",
+        f"--trainer.log_every_n_steps={LOG_EVERY}",
+        "--trainer.val_check_interval=3",
+        "--trainer.enable_model_summary=false",
+        configs=[CONFIGS / "debug.yaml", CONFIGS / "heads" / "weighted.yaml", *configs],
+        encoder=encoder,
+        train=train,
+        val=val,
+        test=val,
+        batch_size=8,
+        max_steps=MAX_STEPS,
+        cache_dir=tmp_path / "cache",
     )
+    main(args)
 
 
 def leet(*args: str) -> str:
@@ -208,7 +197,7 @@ def test_log_model_offline() -> None:
 
 def test_explicit_offline_log_model_is_a_clean_cli_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["--config", str(ROOT / "configs" / "debug.yaml"), "--config", str(LOGGERS / "wandb.yaml"),
+        main(["--config", str(CONFIGS / "debug.yaml"), "--config", str(LOGGERS / "wandb.yaml"),
               "--trainer.logger.init_args.offline=true", "--trainer.logger.init_args.log_model=true"],
              run=False)  # fmt: skip
     assert exit_info.value.code == 2

@@ -13,7 +13,7 @@ from bertft.cli import main
 from bertft.data import DataError, TextDataModule, TokenDataModule
 from bertft.data.split import hold_out
 
-from .test_cli import quick_args, sst2_rows, write_tsv
+from .helpers import cli_args, sst2_rows, write_tsv
 
 
 @pytest.fixture
@@ -86,15 +86,12 @@ def test_regression_data_module_splits_at_random(tmp_path: Path, caplog: pytest.
 def test_fit_validate_and_resume_hold_out_the_same_rows(
     train: Path, tmp_path: Path, tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = [
-        f"--model.encoder={tiny_bert_dir}",
-        f"--data.train_file={train}",
-        "--data.quoting=false",
-        "--data.val_fraction=0.2",
-        "--data.seed=5",
-        "--data.batch_size=16",
-    ]
-    fit = main(["fit", *args, "--trainer.max_steps=4", "--trainer.val_check_interval=4", *quick_args(tmp_path)])
+    def run(command: str, out: Path, *extra: str):  # noqa: ANN202 - a LightningCLI
+        args = cli_args(out, "--data.val_fraction=0.2", "--data.seed=5", *extra, command=command,
+                        encoder=tiny_bert_dir, train=train, quoting=False, batch_size=16, logger=False)  # fmt: skip
+        return main(args)
+
+    fit = run("fit", tmp_path, "--trainer.max_steps=4", "--trainer.val_check_interval=4")
     held = fit.datamodule._held_out
     assert held is not None
     assert len(held.rows) == 40
@@ -103,14 +100,14 @@ def test_fit_validate_and_resume_hold_out_the_same_rows(
     assert state == {"val_fraction": 0.2, "seed": 5, "rows": 40, "digest": held.digest}
     assert fit.trainer.checkpoint_callback.monitor == "val/acc"  # validation data: the best checkpoint is kept
 
-    validate = main(["validate", *args, f"--ckpt_path={ckpt}", *quick_args(tmp_path / "v")])
+    validate = run("validate", tmp_path / "v", f"--ckpt_path={ckpt}")
     assert validate.datamodule._held_out == held
     assert validate.trainer.callback_metrics["val/acc"] == fit.trainer.callback_metrics["val/acc"]
 
-    resumed = main(["fit", *args, "--trainer.max_steps=6", f"--ckpt_path={ckpt}", *quick_args(tmp_path / "r")])
+    resumed = run("fit", tmp_path / "r", "--trainer.max_steps=6", f"--ckpt_path={ckpt}")
     assert resumed.datamodule._held_out == held
     with pytest.raises(SystemExit) as exit_info:  # another fraction would validate on other rows: refused
-        main(["fit", *args, "--data.val_fraction=0.3", f"--ckpt_path={ckpt}", *quick_args(tmp_path / "x")])
+        run("fit", tmp_path / "x", "--data.val_fraction=0.3", f"--ckpt_path={ckpt}")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "the checkpoint was trained holding out 40 validation rows (val_fraction=0.2, seed=5)" in err
