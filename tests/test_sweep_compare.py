@@ -81,7 +81,7 @@ def test_holm_by_hand() -> None:
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
 
 
-def test_files(tmp_path: Path) -> None:
+def test_compare_writes_the_ranking_the_pairs_and_the_plot(tmp_path: Path) -> None:
     write_comparison(trials(), "model.head", "val/acc", "maximize", tmp_path)
     with open(tmp_path / "compare.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
