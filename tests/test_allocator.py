@@ -35,6 +35,7 @@ def _probe(mode: str, env: dict[str, str] | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc tuning is Linux-only")
 def test_freed_buffers_are_reused_instead_of_faulted_in_again() -> None:
     on, off = _probe("on"), _probe("off")

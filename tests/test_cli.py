@@ -94,6 +94,7 @@ def test_help_documents_options_from_docstrings(capsys: pytest.CaptureFixture[st
         assert "--data.max_length" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_fit_test_predict_end_to_end_on_real_data(tmp_path: Path) -> None:
     """Fit the real MiniLM a few dozen steps through the real entry point, then test and predict from the checkpoint."""
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 320))

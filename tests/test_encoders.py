@@ -74,6 +74,7 @@ def sentence_pairs(path: Path) -> list[tuple[str, str]]:
 # ----- the command line: fit + test on pairs, predict, export --onnx, bertft.load ----------------------------------
 
 
+@pytest.mark.slow
 @family_param()
 def test_cli_fit_on_pairs_then_predict_export_and_load(
     family: Family, family_dir, stsb_files: dict[str, str], tmp_path: Path
@@ -338,6 +339,7 @@ def test_cli_refuses_a_decoder_with_exit_code_2(tmp_path: Path, capsys) -> None:
 # ----- one real command line, in its own process: ALBERT, which failed before shared layers were understood -------
 
 
+@pytest.mark.slow
 def test_albert_through_the_real_command_line(family_dir, sst2_files: dict[str, str], tmp_path: Path) -> None:
     args = cli_args(tmp_path, "--trainer.val_check_interval=2", configs=[CONFIGS / "debug.yaml"],
                     encoder=family_dir("albert"), train=sst2_files["train"], val=sst2_files["val"],

@@ -84,6 +84,7 @@ def test_folder_holds_no_pickle_and_describes_the_model(exported: Path) -> None:
     assert set(manifest["files"]) == names - {MANIFEST}
 
 
+@pytest.mark.slow
 def test_a_fresh_process_with_the_folder_alone_reproduces_the_checkpoint_exactly(
     checkpoint: Path, exported: Path, texts: list[str], tmp_path: Path
 ) -> None:

@@ -23,6 +23,7 @@ def mean_loss(model: FineTuner, loader) -> float:
     return torch.stack(losses).mean().item()
 
 
+@pytest.mark.slow
 def test_thirty_steps_lower_the_training_loss() -> None:
     L.seed_everything(0)
     loader = make_batches(MINILM, sst2_rows("train", 480, label=int), batch_size=16)  # 30 batches of real rows

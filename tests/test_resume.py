@@ -112,6 +112,7 @@ def last_lr(metrics: Path) -> tuple[int, float]:
     return int(rows[-1]["step"]), float(rows[-1]["lr/encoder"])
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_ckpt_path_last_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     # 15 real SST-2 rows, batches of 5: 3 optimiser steps per epoch, 2 epochs; last.ckpt every 2 steps, so the first
     # one is written mid-epoch (step 2 of 3). Small because every checkpoint of MiniLM with AdamW is 270 MB.
@@ -163,6 +164,7 @@ def test_ckpt_path_last_without_a_checkpoint_starts_afresh(tmp_path: Path, tiny_
 # ----- SIGTERM -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_saves_last_ckpt_at_a_step_boundary_and_says_how_to_resume(tmp_path: Path, tiny_bert_dir: Path) -> None:
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 40))
     args = cli_args(tmp_path, "--resume.every_n_steps=7", "--trainer.accelerator=cpu", encoder=tiny_bert_dir,

@@ -77,6 +77,7 @@ def attempts(folder: Path) -> int:
     return (folder / "trial.log").read_text(encoding="utf-8").count("===== trial ")
 
 
+@pytest.mark.slow
 def test_grid_over_seeds_two_workers_on_one_sqlite(tmp_path: Path, base_config: Path) -> None:
     """2 points x 2 seeds, started as two processes on one storage: every (point, seed) runs exactly once."""
     path = write_sweep(tmp_path, base_config, space={"model.lr": [1.0e-3, 1.0e-4]}, seeds=[1, 2])
@@ -119,6 +120,7 @@ def test_grid_over_seeds_two_workers_on_one_sqlite(tmp_path: Path, base_config: 
     assert "| rank | lr | point |" in (out / "compare.md").read_text()
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_runs_no_finished_trial_twice(tmp_path: Path, base_config: Path) -> None:
     """SIGKILL the sweep after its first finished trial, mid-way through the second; the same command finishes it."""
     path = write_sweep(tmp_path, base_config, space={"model.lr": [1.0e-3]}, seeds=[0, 1])
@@ -167,6 +169,7 @@ def _state(pid: int) -> str:
         return "Z"
 
 
+@pytest.mark.slow
 def test_invalid_value_fails_and_the_sweep_goes_on(tmp_path: Path, base_config: Path) -> None:
     """A dropout of 1.5 parses as a float but fails when the head is built: recorded with its message.
 
