@@ -36,6 +36,8 @@ _DEPLOY = ("export", "inference")
 MOVED: dict[str, str] = {
     **{f"bertft.{name}": f"bertft.training.{name}" for name in _TRAINING},
     **{f"bertft.{name}": f"bertft.deploy.{name}" for name in _DEPLOY},
+    # TextDataModule's module before the data modules became siblings on one base (bertft.data.base).
+    "bertft.data.module": "bertft.data.text_module",
     # A script that derives data from the bundled files: it imports the data layer, which imports bertft.bundled.
     "bertft.bundled.make_multilabel": "bertft.data.make_multilabel",
 }

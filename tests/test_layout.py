@@ -23,8 +23,21 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bertft"
 #: another layer of the same rank (deploy and sweep are siblings).
 LAYERS: list[tuple[str, int, tuple[str, ...]]] = [
     # The model a researcher reads, and the leaf helpers it uses.
-    ("model", 0, ("bertft.io", "bertft.version", "bertft.encoder", "bertft.heads", "bertft.ner", "bertft.tasks",
-                  "bertft.optim", "bertft.model", "bertft._moved")),  # fmt: skip
+    (
+        "model",
+        0,
+        (
+            "bertft.io",
+            "bertft.version",
+            "bertft.encoder",
+            "bertft.heads",
+            "bertft.ner",
+            "bertft.tasks",
+            "bertft.optim",
+            "bertft.model",
+            "bertft._moved",
+        ),
+    ),  # fmt: skip
     ("data", 1, ("bertft.data", "bertft.bundled")),
     ("training", 2, ("bertft.training",)),
     ("deploy", 3, ("bertft.deploy",)),
@@ -121,7 +134,7 @@ def test_the_rule_refuses_what_the_guide_forbids() -> None:
     assert against_the_layout("bertft.model", "bertft.training.checks")  # the model never imports the machinery
     assert against_the_layout("bertft.training.lightning_cli", "bertft.sweep.command")  # the old cli <-> sweep circle
     assert against_the_layout("bertft.sweep.runner", "bertft.deploy.export")  # siblings
-    assert against_the_layout("bertft.data.module", "bertft.cli")
+    assert against_the_layout("bertft.data.text_module", "bertft.cli")
     assert not against_the_layout("bertft.deploy.inference", "bertft.training.checks")
     assert "bertft.training.checks" in imports_of("bertft.deploy.inference")
     assert "bertft.training.lightning_cli" in imports_of("bertft.sweep.validate")
