@@ -57,11 +57,14 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         new = MOVED[spec.name]
         warnings.warn(f"{spec.name} moved to {new}; import it from there", DeprecationWarning, stacklevel=2)
         module = importlib.import_module(new)
-        self._own_spec = module.__spec__  # the import system overwrites __spec__ with the alias's; put it back
+        # The import system then overwrites __spec__ with the alias's: keep the module's own on the alias's spec (per
+        # import, not on this shared finder, so two threads importing two old paths cannot swap them) to put it back.
+        spec.loader_state = module.__spec__
         return module
 
     def exec_module(self, module: ModuleType) -> None:
-        module.__spec__ = self._own_spec  # already executed under its new name: only undo the alias's spec
+        # Already executed under its new name: only undo the alias's spec (module.__spec__ is the alias's here).
+        module.__spec__ = module.__spec__.loader_state
 
 
 def install() -> None:
