@@ -25,10 +25,9 @@ import optuna
 from optuna.trial import TrialState
 
 from bertft.sweep import study as studies
-from bertft.sweep.points import point_label, point_results
+from bertft.sweep.points import point_label, summarize_points
 from bertft.sweep.report import write_report
 from bertft.sweep.spec import SweepSpec
-from bertft.sweep.stats import summarize
 from bertft.sweep.trial import trial_args, trial_process
 from bertft.sweep.validate import overlay_yaml
 from bertft.training.faults import find_last_checkpoint
@@ -230,14 +229,13 @@ class Sweep:
             done = len({t.user_attrs["key"] for t in trials if studies.is_active(t) and t.state.is_finished()})
             what = f"failed: {error}" if error else f"{spec.metric} {value:.4g}" + (" (pruned)" if pruned else "")
             line = f"trial {done}/{self.total} (point {point}, seed {seed}): {what} in {duration(wall)}"
-            results = point_results(trials)
-            if results:
-                pick = max if spec.direction == "maximize" else min
-                best = pick(results, key=lambda p: summarize(p["values"]).mean)
-                s = summarize(best["values"])
+            rows, best = summarize_points(trials, spec.direction)  # the best point by the report's own rule
+            if best is not None:
+                top = next(row for row in rows if row["point"] == best)
+                s = top["summary"]
                 spread = f" ± {s.sd:.2g}" if s.n > 1 else ""
                 line += (
-                    f"; best so far point {best['point']} ({point_label(best['params'])}): "
+                    f"; best so far point {best} ({point_label(top['params'])}): "
                     f"{s.mean:.4g}{spread} over {s.n} seed{'s' * (s.n > 1)}"
                 )
             print(line, flush=True)
