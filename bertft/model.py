@@ -325,9 +325,8 @@ class FineTuner(L.LightningModule):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The trainable parameters' optimiser groups: no-decay, layer-wise decay, head and mixing learning rates.
 
-        Frozen parameters are left out; :class:`~bertft.training.freezing.LayerFreezing` adds
-        them with these same settings
-        when it unfreezes them.
+        Frozen parameters are left out; :class:`~bertft.training.freezing.LayerFreezing` adds them with these same
+        settings when it unfreezes them.
         """
         hp = self.hparams
         return parameter_groups(

@@ -194,9 +194,7 @@ class BertftCLI(LightningCLI):
         if not data.get("train_file") and not data.get("label_names") and model.get("label_names"):
             data["label_names"] = model["label_names"]
         trainer = config["trainer"]
-        if (
-            trainer.get("precision") is None
-        ):  # unset: bf16 only where the hardware runs it faster (bertft.training.precision)
+        if trainer.get("precision") is None:  # unset: bf16 only where the hardware runs it faster (precision.py)
             trainer["precision"] = default_precision(str(trainer.get("accelerator") or "auto"))
             rank_zero_info(
                 f"precision: {trainer['precision']} (chosen for this hardware; set trainer.precision to override)"
