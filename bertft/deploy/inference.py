@@ -360,7 +360,8 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtyp
         str(folder), with_pooler=head.needs_pooler_output, with_attentions=head.needs_attentions
     ).eval()
     num_outputs = 1 if manifest["task"] == "regression" else manifest["num_labels"]
-    head.build(encoder.config.hidden_size, encoder.config.num_hidden_layers, num_outputs)
+    config = encoder.config
+    head.build(config.hidden_size, config.num_hidden_layers, num_outputs, config.num_attention_heads)
     head.load_state_dict(load_file(folder / HEAD_WEIGHTS))
     return Predictor(
         EncoderWithHead(encoder, head),
