@@ -19,6 +19,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from bertft.io import atomic_write_text
+from bertft.sweep.imported import sources
 from bertft.sweep.points import ALPHA, point_label, point_results
 from bertft.sweep.spec import SweepError, encode, label, short_key
 from bertft.sweep.stats import Summary, holm, paired_t_test, summarize
@@ -115,7 +116,7 @@ def write_comparison(
     entries, pairs = compare(trials, key, direction)
     if not entries:
         return
-    other_keys = list(entries[0].others)
+    other_keys = list(dict.fromkeys(k for e in entries for k in e.others))  # trials read --with may lack a key
     header = [
         "rank",
         short_key(key),
@@ -129,17 +130,30 @@ def write_comparison(
         "ci95_high",
     ]
     rows = [
-        [rank, label(e.value), e.point, *(label(e.others[k]) for k in other_keys), e.tried, e.summary.n]
+        [rank, label(e.value), e.point, *(_cell(e, k) for k in other_keys), e.tried, e.summary.n]
         + [number(x) for x in (e.summary.mean, e.summary.sd, e.summary.ci_low, e.summary.ci_high)]
         for rank, e in enumerate(entries, 1)
     ]
     atomic_write_text(folder / "compare.csv", csv_text(header, rows))
-    atomic_write_text(folder / "compare.md", _markdown(entries, pairs, key, metric, direction))
+    markdown = _markdown(entries, pairs, key, metric, direction, other_keys, sources(trials))
+    atomic_write_text(folder / "compare.md", markdown)
     if plot:
         _plot(entries, key, metric, folder / "compare.png")
 
 
-def _markdown(entries: list[Entry], pairs: list[Pair], key: str, metric: str, direction: str) -> str:
+def _cell(entry: Entry, key: str) -> str:
+    return label(entry.others[key]) if key in entry.others else ""
+
+
+def _markdown(
+    entries: list[Entry],
+    pairs: list[Pair],
+    key: str,
+    metric: str,
+    direction: str,
+    other_keys: list[str],
+    read: dict[str, tuple[int, int]],
+) -> str:
     name = short_key(key)
     most = max(e.tried for e in entries)
     lines = [
@@ -150,15 +164,19 @@ def _markdown(entries: list[Entry], pairs: list[Pair], key: str, metric: str, di
         + ". The choice and the figures come from the same seeds, so every value's figure is optimistic in the same "
         "way; an independent confirmation uses new seeds at the chosen points.",
         "",
-        f"| rank | {name} | point | " + "".join(f"`{k}` | " for k in entries[0].others) + "n | mean ± sd | 95% CI |",
-        "|---:|---|---:|" + "---|" * len(entries[0].others) + "---:|---|---|",
+    ]
+    for path, (low, high) in read.items():
+        lines += [f"Points {low} to {high} are an earlier sweep's finished trials, read from `{path}` (`--with`).", ""]
+    lines += [
+        f"| rank | {name} | point | " + "".join(f"`{k}` | " for k in other_keys) + "n | mean ± sd | 95% CI |",
+        "|---:|---|---:|" + "---|" * len(other_keys) + "---:|---|---|",
     ]
     for rank, e in enumerate(entries, 1):
         s = e.summary
         spread = f" ± {s.sd:.4f}" if s.n > 1 else ""
         ci = f"[{s.ci_low:.4f}, {s.ci_high:.4f}]" if s.n > 1 else ""
         cells = [str(rank), f"**{label(e.value)}**" if rank == 1 else label(e.value), str(e.point)]
-        cells += [label(v) for v in e.others.values()] + [str(s.n), f"{s.mean:.4f}{spread}", ci]
+        cells += [_cell(e, k) for k in other_keys] + [str(s.n), f"{s.mean:.4f}{spread}", ci]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
