@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
         from bertft.sweep.validate import check_spec
 
         check_spec(spec)
+        from bertft.sweep.study import check_driver
+
+        check_driver(spec.storage_url)  # a missing database driver: one line now, not a traceback mid-sweep
         if args.test_best and not spec.test_file:
             raise SweepError(f"--test_best: the run's config in {spec.path} names no data.test_file to test on")
     except SweepError as err:
