@@ -125,6 +125,8 @@ def test_report_with_an_earlier_sweeps_trials_ranks_both_over_shared_seeds(tmp_p
     from bertft.sweep.command import main
 
     stored_study(tmp_path / "old", "old", RESULTS)
+    summary = (tmp_path / "old" / "summary.md").read_text()
+    assert "At the edge of the search: lr=0.0001 is the lowest value searched (0.0001, 0.0002)" in summary
     new = {
         (1, "MeanMaxHead", 2.0e-4): [0.915, 0.910, 0.925, 0.905, 0.915],
         (2, MEAN, 1.0e-4): [0.800, 0.800, 0.800, 0.800, 0.800],  # rerun here: these, not the earlier file's, count
@@ -170,3 +172,25 @@ def test_report_with_a_file_that_is_not_a_sweeps_trials_is_refused(tmp_path: Pat
     with pytest.raises(SystemExit):
         main(["--config", "x.yaml", "--with", str(wrong)])
     assert "--with goes with --report" in capsys.readouterr().err
+
+
+# ----- the edge of the search: a best point at the end of a searched range is said, with what to try next --------
+
+
+def test_a_best_point_at_the_edge_of_the_grid_is_said_with_the_next_range(tmp_path: Path) -> None:
+    from bertft.sweep.points import edge_notes
+
+    every = trials()
+    assert edge_notes(every, {"model.lr": 2.0e-4}) == [
+        "lr=0.0002 is the highest value searched (0.0001, 0.0002): the best may lie higher; "
+        "try lr: [0.0002, 0.0004, 0.0008]"
+    ]
+    assert edge_notes(every, {"model.lr": 1.0e-4})[0].endswith("lie lower; try lr: [2.5e-05, 5e-05, 0.0001]")
+    dropout = [optuna.trial.create_trial(value=0.5, user_attrs={"params": {"d": d}}) for d in (0.0, 0.1, 0.2)]
+    assert edge_notes(dropout, {"d": 0.1}) == []  # inside the range
+    assert edge_notes(dropout, {"d": 0.0}) == ["d=0 is the lowest value searched (0, 0.1, 0.2): the best may lie lower"]
+
+    write_comparison(every, "model.head", "val/acc", "maximize", tmp_path, plot=False)
+    text = (tmp_path / "compare.md").read_text()
+    assert "- MeanHead: lr=0.0001 is the lowest value searched (0.0001, 0.0002)" in text
+    assert "- CLSHead: lr=0.0002 is the highest value searched" in text

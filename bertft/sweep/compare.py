@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial
 
 from bertft.io import atomic_write_text
 from bertft.sweep.imported import sources
-from bertft.sweep.points import ALPHA, point_label, point_results
+from bertft.sweep.points import ALPHA, edge_notes, point_label, point_results
 from bertft.sweep.spec import SweepError, encode, label, short_key
 from bertft.sweep.stats import Summary, holm, paired_t_test, summarize
 from bertft.sweep.tables import csv_text, number, plot_intervals
@@ -47,6 +47,7 @@ class Entry:
     values: list[float]
     summary: Summary
     tried: int
+    edges: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ def compare(trials: Sequence[FrozenTrial], key: str, direction: str) -> tuple[li
                 best["values"],
                 summarize(best["values"]),
                 len(group),
+                tuple(edge_notes([t for t in trials if _value_of(t, key) == _value_of_result(best, key)], others)),
             )
         )
     entries.sort(key=lambda e: -sign * e.summary.mean)
@@ -107,6 +109,14 @@ def compare(trials: Sequence[FrozenTrial], key: str, direction: str) -> tuple[li
         raw.append((first, second, len(shared), summarize([x - y for x, y in zip(a, b, strict=True)]), t, p))
     adjusted = holm([r[5] for r in raw])
     return entries, [Pair(*r, p_holm=q) for r, q in zip(raw, adjusted, strict=True)]
+
+
+def _value_of(trial: FrozenTrial, key: str) -> str:
+    return repr(encode(trial.user_attrs.get("params", {}).get(key)))
+
+
+def _value_of_result(result: dict[str, Any], key: str) -> str:
+    return repr(encode(result["params"][key]))
 
 
 def write_comparison(
@@ -178,6 +188,9 @@ def _markdown(
         cells = [str(rank), f"**{label(e.value)}**" if rank == 1 else label(e.value), str(e.point)]
         cells += [_cell(e, k) for k in other_keys] + [str(s.n), f"{s.mean:.4f}{spread}", ci]
         lines.append("| " + " | ".join(cells) + " |")
+    edges = [f"- {label(e.value)}: {note}." for e in entries for note in e.edges]
+    if edges:
+        lines += ["", "At the edge of the search (the value's best point at the end of a searched range):", "", *edges]
     lines += [
         "",
         f"Every pair, paired t-test over the seeds both ran (two-sided); Holm-adjusted p over the {len(pairs)} pairs, "
