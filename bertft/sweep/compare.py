@@ -165,12 +165,17 @@ def _markdown(
     read: dict[str, tuple[int, int]],
 ) -> str:
     name = short_key(key)
-    most = max(e.tried for e in entries)
+    most, fewest = max(e.tried for e in entries), min(e.tried for e in entries)
+    tried = (
+        f" among the {most} points it was tried at"
+        if most == fewest
+        else (f" among the points it was tried at ({fewest} to {most}: `points_tried` in compare.csv)")
+    )
     lines = [
         f"# Comparing `{key}`, each value at its best point",
         "",
         f"Metric: `{metric}` ({direction}). Each value is shown at the point with its best mean over seeds"
-        + (f" among the {most} points it was tried at" if most > 1 else "")
+        + (tried if most > 1 else "")
         + ". The choice and the figures come from the same seeds, so every value's figure is optimistic in the same "
         "way; an independent confirmation uses new seeds at the chosen points.",
         "",
