@@ -253,8 +253,9 @@ class FineTuner(L.LightningModule):
         trainable, total = count_parameters(self)
         share = trainable / total
         settings = self.hparams["peft"]
+        targets = ", ".join(sorted(self.encoder.peft_config["default"].target_modules))  # auto and all-linear resolved
         rank_zero_info(
-            f"peft: {settings['method']} r={settings['r']} on {settings['target_modules']}: {trainable:,} of "
+            f"peft: {settings['method']} r={settings['r']} on {targets}: {trainable:,} of "
             f"{total:,} parameters train ({100 * share:.2f}%; adapters and head), the encoder's own stay frozen"
         )
         for logger in self.loggers:  # rank zero only: Lightning's loggers log there alone
