@@ -95,6 +95,23 @@ def test_all_linear_and_named_targets_and_layers(tiny_bert_dir: Path) -> None:
     assert list(lora_layers(top.encoder)) == ["base_model.model.encoder.layer.1.attention.self.value"]
 
 
+def test_dora_rslora_and_trained_biases_merge_exactly(tiny_bert_dir: Path) -> None:
+    settings = PeftSettings(use_dora=True, use_rslora=True, bias="lora_only", dropout=0.0)
+    model = FineTuner(str(tiny_bert_dir), lr=1e-2, warmup_ratio=0.0, peft=settings)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("lora_magnitude_vector" in n for n in trainable)  # DoRA's magnitudes
+    assert any(n.endswith("query.base_layer.bias") for n in trainable)  # the adapted layers' biases
+    assert not any(n.endswith("output.dense.bias") for n in trainable)
+    loader = make_batches(tiny_bert_dir, sst2_rows("train", 16, label=int))
+    fit(model, loader, steps=3)
+    batch = next(iter(loader))
+    model.eval()
+    with torch.no_grad():
+        unmerged = model(batch)
+        model.encoder = merge_adapters(model.encoder)
+        torch.testing.assert_close(model(batch), unmerged, rtol=0, atol=1e-5)
+
+
 def test_layer_wise_lr_decay_gives_each_layers_adapters_its_rate(tiny_bert_dir: Path) -> None:
     model = FineTuner(str(tiny_bert_dir), lr=1e-3, layer_lr_decay=0.5, peft=PeftSettings())
     rate = {id(p): g["lr"] for g in model.parameter_groups() for p in g["params"]}
