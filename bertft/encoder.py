@@ -15,6 +15,8 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from bertft.adapters import base_model
+
 log = logging.getLogger(__name__)
 
 #: Short names for encoders that ship inside Python packages, so the offline default needs no path.
@@ -200,8 +202,10 @@ def forward_arguments(encoder: nn.Module) -> frozenset[str]:
 
     ``token_type_ids`` only where the encoder has an embedding per segment: DistilBERT and ModernBERT do not take
     them, RoBERTa and XLM-RoBERTa take them but have one segment type (a 1 for a pair's second text is out of range),
-    and DeBERTa-v3 has none (``type_vocab_size=0``) and ignores them.
+    and DeBERTa-v3 has none (``type_vocab_size=0``) and ignores them. For an encoder with adapters (a ``PeftModel``,
+    whose ``forward`` passes everything on) those of the encoder inside.
     """
+    encoder = base_model(encoder)
     params = inspect.signature(encoder.forward).parameters.values()
     names = {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     if getattr(encoder.config, "type_vocab_size", 2) < 2:

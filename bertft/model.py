@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from bertft import tasks
+from bertft.adapters import PeftSettings, count_parameters, frozen_state_keys, settings_from, wrap_encoder
 from bertft.encoder import EncoderOutput, adapt_encoder, forward_arguments, load_encoder, no_grad_if, run_encoder
 from bertft.heads import Head, MeanHead
 from bertft.optim import Schedule, check_layer_lr_decay, make_optimizer, parameter_groups, warmup_then_decay
@@ -84,6 +85,10 @@ class FineTuner(L.LightningModule):
             positive term), or ``null`` (unweighted). Checkpoints keep the weights.
         window_pooling: With ``data.long_texts: windows``: how a long text's windows merge into its one prediction
             in validation, test and predict: ``mean`` or ``max`` of their logits.
+        peft: Parameter-efficient fine-tuning (:class:`~bertft.adapters.PeftSettings`): LoRA adapters on the
+            encoder, whose own weights stay frozen; the head trains fully. Checkpoints then hold only the adapters,
+            the head and bertft's state, and loading one rebuilds the encoder from ``encoder``. ``null``: full
+            fine-tuning. ``configs/peft/lora.yaml`` turns it on.
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class FineTuner(L.LightningModule):
         freeze_embeddings: bool = False,
         class_weights: Literal["balanced"] | list[float] | None = None,
         window_pooling: Literal["mean", "max"] = "mean",
+        peft: PeftSettings | None = None,
     ) -> None:
         super().__init__()
         if isinstance(head, dict):  # a checkpoint saved from Python keeps the head as its config
@@ -125,9 +131,13 @@ class FineTuner(L.LightningModule):
         tasks.check_class_weights(task, num_outputs, class_weights)
         if window_pooling not in ("mean", "max"):
             raise ValueError(f"window_pooling={window_pooling!r}: choose 'mean' or 'max'")
+        peft = settings_from(peft)  # a checkpoint keeps it as a dict
+        if peft is not None and freeze_encoder:
+            raise ValueError("model.peft and model.freeze_encoder: LoRA already freezes the encoder; use one of them")
 
         self.save_hyperparameters(ignore=["head"])
         self.hparams["head"] = head.config
+        self.hparams["peft"] = peft.as_dict() if peft is not None else None  # plain values: checkpoints hold no class
         if label_names is not None:
             self.hparams["label_names"] = list(label_names)
 
@@ -153,6 +163,8 @@ class FineTuner(L.LightningModule):
             freeze_embeddings=freeze_embeddings,
             freeze=freeze_encoder,
         )
+        if peft is not None:  # after adapt_encoder: its dropout setting must not reach the adapters' own dropout
+            self.encoder = wrap_encoder(self.encoder, peft, config.num_hidden_layers)
 
         metrics = tasks.metrics(task, num_outputs, threshold, self.label_names)
         self.val_metrics = metrics.clone(prefix="val/")
@@ -233,6 +245,42 @@ class FineTuner(L.LightningModule):
         return self.head(outputs, batch["attention_mask"])
 
     # --- Lightning hooks -------------------------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        """With ``peft``: prints the trainable parameters and their share, and logs them as hyperparameters."""
+        if self.hparams.get("peft") is None:
+            return
+        trainable, total = count_parameters(self)
+        share = trainable / total
+        settings = self.hparams["peft"]
+        targets = ", ".join(sorted(self.encoder.peft_config["default"].target_modules))  # auto and all-linear resolved
+        rank_zero_info(
+            f"peft: {settings['method']} r={settings['r']} on {targets}: {trainable:,} of "
+            f"{total:,} parameters train ({100 * share:.2f}%; adapters and head), the encoder's own stay frozen"
+        )
+        for logger in self.loggers:  # rank zero only: Lightning's loggers log there alone
+            logger.log_hyperparams({"params/trainable": trainable, "params/total": total, "params/share": share})
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """With ``peft``: leaves the frozen encoder out; the checkpoint keeps what trains and names the base."""
+        if self.hparams.get("peft") is None:
+            return
+        frozen = frozen_state_keys(self.encoder, "encoder.")
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        checkpoint["bertft_adapters"] = {"base_encoder": self.hparams["encoder"], "left_out": len(frozen)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """With ``peft``: fills in the frozen encoder's weights from the base this model was built from.
+
+        So the strict load that follows checks every adapter and head weight, and resuming works as for full
+        fine-tuning.
+        """
+        if self.hparams.get("peft") is None:
+            return
+        state, own = checkpoint["state_dict"], self.state_dict()
+        for key in frozen_state_keys(self.encoder, "encoder."):
+            if key in own:  # non-persistent buffers are in neither
+                state.setdefault(key, own[key])
 
     def setup(self, stage: str) -> None:
         """Computes ``balanced`` class weights from the data's training split when ``fit`` starts.

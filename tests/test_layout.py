@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, int, tuple[str, ...]]] = [
             "bertft.io",
             "bertft.version",
             "bertft.encoder",
+            "bertft.adapters",
             "bertft.heads",
             "bertft.ner",
             "bertft.tasks",

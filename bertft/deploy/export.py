@@ -8,6 +8,10 @@
       head.safetensors                   the head's weights
       model.onnx                         encoder + head, with --onnx
       bertft.json                        head config, task, labels, threshold, max_length, versions, sha256 of files
+      adapter/                           with --adapter, a LoRA model's adapter in peft's own format
+
+A LoRA checkpoint (``model.peft``) is exported with its adapters merged into the encoder's weights
+(``merge_and_unload``), so the folder, the ONNX file and ``bertft.load`` are those of a plain fine-tuned model.
 
 Load it with ``bertft.load("my-model")``. Nothing in the folder is a pickle.
 
@@ -41,6 +45,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
+from bertft.adapters import merge_adapters
 from bertft.deploy.inference import FORMAT_VERSION, HEAD_WEIGHTS, MANIFEST, EncoderWithHead, read_checkpoint, sha256
 from bertft.encoder import resolve_encoder
 from bertft.heads import PoolerHead
@@ -59,6 +64,7 @@ PROBLEM_TYPES = {
 }
 
 ONNX_FILE = "model.onnx"
+ADAPTER_DIR = "adapter"
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -159,7 +165,16 @@ def _check_output_dir(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"--output_dir {out} is not empty; choose another folder or pass --overwrite")
 
 
-def _write_folder(model: FineTuner, tokenizer_name: str, max_length: int | None, folder: Path, onnx: bool) -> None:
+def _write_folder(
+    model: FineTuner, tokenizer_name: str, max_length: int | None, folder: Path, onnx: bool, adapter: bool = False
+) -> None:
+    peft = model.hparams.get("peft")
+    if adapter:
+        if peft is None:
+            raise ValueError("--adapter: this checkpoint has no adapters (it was trained without model.peft)")
+        # peft's own format (adapter_config.json, adapter_model.safetensors), for PeftModel.from_pretrained(base, ...)
+        model.encoder.save_pretrained(folder / ADAPTER_DIR)
+    model.encoder = merge_adapters(model.encoder)
     head = model.head
     hf = hf_sequence_classifier(model)
     (hf if hf is not None else model.encoder).save_pretrained(folder)
@@ -183,6 +198,7 @@ def _write_folder(model: FineTuner, tokenizer_name: str, max_length: int | None,
         "max_length": max_length,
         "hf_sequence_classification": hf is not None,
         "onnx": ONNX_FILE if onnx else None,
+        "peft": peft,  # the adapters' settings, merged into the encoder's weights here
         # Every file but this one, so an altered or swapped file is caught before it is loaded.
         "files": {p.relative_to(folder).as_posix(): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()},
     }
@@ -190,7 +206,9 @@ def _write_folder(model: FineTuner, tokenizer_name: str, max_length: int | None,
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
-def export(ckpt_path: str | Path, output_dir: str | Path, *, onnx: bool = False, overwrite: bool = False) -> Path:
+def export(
+    ckpt_path: str | Path, output_dir: str | Path, *, onnx: bool = False, overwrite: bool = False, adapter: bool = False
+) -> Path:
     """Exports a checkpoint to a self-contained folder that :func:`bertft.load` reads (see the module docstring).
 
     The folder is built next to ``output_dir`` under a hidden name and renamed into place at the end, so a killed
@@ -201,6 +219,7 @@ def export(ckpt_path: str | Path, output_dir: str | Path, *, onnx: bool = False,
         output_dir: Folder to create; it must not exist or be empty, unless ``overwrite``.
         onnx: Also write ``model.onnx`` (encoder + head).
         overwrite: Replace a non-empty ``output_dir``.
+        adapter: Also write a LoRA checkpoint's adapter in peft's own format under ``adapter/``.
 
     Returns:
         The folder.
@@ -221,7 +240,7 @@ def export(ckpt_path: str | Path, output_dir: str | Path, *, onnx: bool = False,
     staging.mkdir()
     old = out.parent / f".{out.name}.old-{tag}"
     try:
-        _write_folder(model, tokenizer_name, max_length, staging, onnx)
+        _write_folder(model, tokenizer_name, max_length, staging, onnx, adapter)
         _check_output_dir(out, overwrite)  # again: something may have written there meanwhile
         if out.exists():
             out.rename(old)
@@ -246,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", required=True, help="Folder to create (must not exist or be empty).")
     parser.add_argument("--onnx", action="store_true", help="Also write model.onnx (encoder + head).")
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output_dir.")
+    parser.add_argument(
+        "--adapter",
+        action="store_true",
+        help="Also write a LoRA checkpoint's adapter in peft's own format under adapter/ (the folder's encoder has "
+        "the adapters merged in either way).",
+    )
     return parser
 
 
@@ -257,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = build_parser().parse_args(argv)
     try:
-        folder = export(args.ckpt_path, args.output_dir, onnx=args.onnx, overwrite=args.overwrite)
+        folder = export(args.ckpt_path, args.output_dir, onnx=args.onnx, overwrite=args.overwrite, adapter=args.adapter)
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:
         if os.environ.get("BERTFT_DEBUG"):
             raise

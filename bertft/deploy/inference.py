@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from bertft.adapters import merge_adapters
 from bertft.data.conll import TAGS, TOKENS
 from bertft.data.encode import ROW
 from bertft.data.files import Table
@@ -188,7 +189,7 @@ class Predictor:
         """A predictor straight from a Lightning checkpoint (no export needed; the encoder's files must be at hand)."""
         model, tokenizer, max_length = read_checkpoint(ckpt_path)
         return cls(
-            EncoderWithHead(model.encoder, model.head),
+            EncoderWithHead(merge_adapters(model.encoder), model.head),  # LoRA adapters folded in: one matmul each
             AutoTokenizer.from_pretrained(resolve_encoder(tokenizer)),
             model.task,
             model.label_names,

@@ -72,6 +72,26 @@ class LayerFreezing(BaseFinetuning):
             levels.append(embeddings_module(encoder))
         return levels
 
+    def check_model(self, pl_module: L.LightningModule) -> None:
+        """Refuses what freezing cannot compose with: a frozen encoder, and LoRA adapters (``model.peft``).
+
+        Unfreezing a level makes all its weights trainable, which under LoRA would train the base weights the adapters
+        are meant to leave untouched.
+
+        Raises:
+            ValueError: Freezing is on and the model freezes its encoder or trains adapters.
+        """
+        if not self.enabled:
+            return
+        if pl_module.hparams.get("freeze_encoder"):
+            raise ValueError("freezing.train_top_layers and model.freeze_encoder both freeze the encoder: use one")
+        if pl_module.hparams.get("peft"):
+            raise ValueError(
+                "freezing.train_top_layers with model.peft: LoRA already keeps every encoder weight frozen, and "
+                "unfreezing a layer would train its base weights too. To adapt only the top layers, list them in "
+                "model.peft.layers instead (0 is the bottom layer)."
+            )
+
     def target(self, tick: int) -> int:
         """Levels that train after ``tick`` optimiser steps (or epochs)."""
         assert self.train_top_layers is not None
@@ -84,8 +104,7 @@ class LayerFreezing(BaseFinetuning):
         """Freezes every level below the top ``train_top_layers`` (before the optimiser is built)."""
         if not self.enabled:
             return
-        if pl_module.hparams.get("freeze_encoder"):
-            raise ValueError("freezing.train_top_layers and model.freeze_encoder both freeze the encoder: use one")
+        self.check_model(pl_module)
         self._levels = self.levels(pl_module)
         layers = len(transformer_layers(pl_module.encoder))
         if self.train_top_layers > layers:

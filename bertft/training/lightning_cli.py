@@ -207,7 +207,13 @@ class BertftCLI(LightningCLI):
                 init_args["save_dir"] = config["trainer"].get("default_root_dir") or "."
 
     def after_instantiate_classes(self) -> None:
-        """Refuses a ``--ckpt_path`` trained on other labels than the data's, before its weights are loaded."""
+        """Refuses a ``--ckpt_path`` trained on other labels than the data's, before its weights are loaded.
+
+        Also refuses layer freezing on a model it cannot compose with (LoRA), before anything is written.
+        """
+        for callback in self.trainer.callbacks if self.subcommand == "fit" else []:
+            if isinstance(callback, LayerFreezing):
+                callback.check_model(self.model)
         if getattr(self, "_checkpoint", None) is not None:
             path, saved = self._checkpoint
             check_checkpoint_matches(path, saved, self.model.hparams, str(self.subcommand))
