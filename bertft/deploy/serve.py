@@ -241,6 +241,16 @@ class BertftServer(ls.LitServer):
             time.sleep(0.05)
         print(banner(self.settings, self.manifest, self.limits.max_length), flush=True)
 
+    def _start_server(self, port: Any, num_uvicorn_servers: Any, log_level: Any, sockets: Any, *args: Any,
+                      **kwargs: Any) -> Any:  # fmt: skip
+        workers = super()._start_server(port, num_uvicorn_servers, log_level, sockets, *args, **kwargs)
+        # The HTTP process holds the listening socket now. Closed here, so that once it stops listening the port is
+        # closed and new connections are refused at once, rather than left waiting in the backlog of a socket this
+        # process would keep open until it exits.
+        for sock in sockets:
+            sock.close()
+        return workers
+
     def _start_worker_monitoring(self, manager: Any, uvicorn_workers: Any) -> None:
         # LitServe's monitor stops the server from its own thread when a worker dies, which races with a drain that
         # stops the workers on purpose. This one only asks the main thread to stop.

@@ -141,7 +141,9 @@ class Gate:
 
     async def _gate(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         if self.state.draining.value:
-            await respond(send, 503, "the server is shutting down")
+            # "Connection: close": a client on a keep-alive connection reconnects, to another replica or to a closed
+            # port, instead of holding this server's shutdown open with requests it cannot serve.
+            await respond(send, 503, "the server is shutting down", close=True)
             return
         if self.key is not None and path not in OPEN_PATHS and not self._authorized(scope):
             await respond(send, 401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
@@ -209,11 +211,13 @@ def replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
-async def respond(send: Send, status: int, message: str) -> None:
-    """Sends ``{"error": ..., "error_type": ...}`` with ``status``."""
+async def respond(send: Send, status: int, message: str, close: bool = False) -> None:
+    """Sends ``{"error": ..., "error_type": ...}`` with ``status`` (and ``Connection: close`` if ``close``)."""
     body = json.dumps(error_body(status, message)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 429 or status == 503:
         headers.append((b"retry-after", b"1"))
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
