@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bertft import load
+from bertft.deploy.export import export
 from bertft.deploy.serve_worker import BertftAPI
 
 from .helpers import MINILM, sst2_rows
@@ -70,6 +71,8 @@ def test_a_missing_graph_is_named(tiny_bert_dir: Path, tmp_path: Path) -> None:
         load(folder, backend="onnx")
     with pytest.raises(ValueError, match="backend"):
         load(folder, backend="tensorrt")
+    with pytest.raises(ValueError, match="--onnx"):
+        export(tmp_path / "plain.ckpt", tmp_path / "int8-only", quantize="int8")  # int8 quantizes the ONNX graph
 
 
 def test_each_task_answers_in_its_shape(tiny_bert_dir: Path, tmp_path: Path) -> None:
