@@ -29,6 +29,9 @@ def atomic_writer(path: str | os.PathLike[str], binary: bool = False, **open_kwa
     if not binary:
         open_kwargs.setdefault("encoding", "utf-8")
     try:
+        # mkstemp creates the file readable by its owner only; give it the mode a plain open() would (0o666 less the
+        # umask), or a report written on one machine of a shared sweep folder is unreadable by the team.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb" if binary else "w", **open_kwargs) as f:
             yield f
             f.flush()
@@ -37,6 +40,19 @@ def atomic_writer(path: str | os.PathLike[str], binary: bool = False, **open_kwa
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (setting it races with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it; set it straight back
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -139,7 +139,7 @@ class FineTuner(L.LightningModule):
         )
         config = self.encoder.config
         try:
-            head.build(config.hidden_size, config.num_hidden_layers, num_outputs)
+            head.build(config.hidden_size, config.num_hidden_layers, num_outputs, config.num_attention_heads)
         except ValueError as err:
             raise ValueError(f"head {head.config['class_path']} does not fit encoder {encoder!r}: {err}") from err
         self.head = head

@@ -11,7 +11,16 @@ import torch
 
 from bertft import FineTuner
 from bertft.cli import main
-from bertft.heads import ConcatCLSHead, Head, MeanHead, WeightedLayersHead
+from bertft.heads import (
+    AttentionMapHead,
+    AttentionPoolingHead,
+    ConcatCLSHead,
+    FirstLastMeanHead,
+    Head,
+    MeanHead,
+    MeanMaxHead,
+    WeightedLayersHead,
+)
 
 from .helpers import CONFIGS as CONFIG_DIR
 from .helpers import cli_args, run_bertft, sst2_rows, write_tsv
@@ -65,11 +74,29 @@ def test_every_head_config_parses(config: Path) -> None:
     cli = main(["--config", str(QUICKSTART), "--config", str(config)], run=False)
     head = cli.model.head
     assert isinstance(head, Head)
-    expected = {"weighted": WeightedLayersHead, "concat_cls": ConcatCLSHead, "mean": MeanHead}.get(config.stem)
+    expected = {
+        "weighted": WeightedLayersHead, "concat_cls": ConcatCLSHead, "mean": MeanHead, "mean_max": MeanMaxHead,
+        "first_last": FirstLastMeanHead, "attention_pooling": AttentionPoolingHead, "attention_map": AttentionMapHead,
+    }.get(config.stem)  # fmt: skip
     if expected is not None:
         assert isinstance(head, expected)
     assert cli.model.hparams["num_labels"] == 2
     assert cli.model.hparams["label_names"] == ["0", "1"]
+
+
+@pytest.mark.parametrize("config", HEAD_CONFIGS, ids=lambda p: p.stem)
+def test_every_head_config_fits_through_the_command_line(config: Path, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """``fit --config quickstart --config heads/X`` as the config's header says, for a few steps on the tiny encoder."""
+    out = tmp_path / "run"
+    fit_tiny = ["--model.head.init_args.last_k=2"] if config.stem == "concat_cls" else []  # the tiny encoder: 2 layers
+    cli = main(cli_args(out, *fit_tiny, "--trainer.limit_test_batches=2", configs=[QUICKSTART, config],
+                        encoder=tiny_bert_dir, max_steps=3,
+                        train=write_tsv(tmp_path / "train.tsv", sst2_rows("train", 96)),
+                        val=write_tsv(tmp_path / "val.tsv", sst2_rows("test", 16))))  # fmt: skip
+    assert cli.trainer.global_step == 3
+    assert cli.model.head.config["class_path"].rsplit(".", 1)[-1] == type(cli.model.head).__name__
+    assert any(out.rglob("last.ckpt"))
+    assert (cli.model.encoder.config._attn_implementation == "eager") == cli.model.head.needs_attentions
 
 
 def test_print_config(capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,7 +21,16 @@ from bertft.data.conll import TAGS, TOKENS
 from bertft.data.tokens import TokenEncodeSettings, encode_sentences, word_tokenizer
 from bertft.deploy.inference import load
 from bertft.encoder import embeddings_module, transformer_layers
-from bertft.heads import CLSHead, MeanHead, PoolerHead, TokenHead
+from bertft.heads import (
+    AttentionMapHead,
+    AttentionPoolingHead,
+    CLSHead,
+    FirstLastMeanHead,
+    MeanHead,
+    MeanMaxHead,
+    PoolerHead,
+    TokenHead,
+)
 from bertft.optim import parameter_groups
 from bertft.training.distributed import wrap_encoder_layers
 
@@ -158,6 +167,35 @@ def test_every_head_fits_and_tests(family: Family, family_dir, sst2_files: dict[
     loss.backward()
     assert model.encoder.pooler is not None  # built only for this head, and trained by it
     assert all(p.grad is not None for p in model.encoder.pooler.parameters())
+
+
+@family_param()
+def test_the_heads_for_every_output_fit_each_family_and_ignore_padding(family: Family, family_dir) -> None:
+    """Each new head on the family's real encoder: its shape, attention maps only when it reads them (and then with
+    eager attention), and the same logits for a text alone as padded beside a longer one."""
+    encoder = str(family_dir(family.name))
+    tokenizer = load_tokenizer(encoder)
+    texts = ["a short text", "and a somewhat longer one that needs more tokens"]
+    batch = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    alone = dict(tokenizer(texts[:1], return_tensors="pt"))
+    assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]  # the short text is padded
+    for head in (MeanMaxHead(), FirstLastMeanHead(first=0), AttentionPoolingHead(scorer_dim=8),
+                 AttentionMapHead(layers=[1, -1], mix="learned")):  # fmt: skip
+        torch.manual_seed(0)
+        model = FineTuner(encoder, head=head).eval()
+        for p in head.parameters():  # the learned weightings away from their even start
+            torch.nn.init.normal_(p, std=0.5)
+        attention = model.encoder.config._attn_implementation
+        if head.needs_attentions:
+            assert attention == "eager", f"{family.name}: attention maps need eager attention, got {attention!r}"
+        elif family.name == "bert":
+            assert attention != "eager", "a head that reads no maps keeps the efficient attention"
+        with torch.no_grad():
+            out = model.encode(batch)
+            assert (out.attentions is not None) == head.needs_attentions
+            logits = model(batch)
+            assert logits.shape == (2, 2)
+            torch.testing.assert_close(model(alone)[0], logits[0], rtol=1e-4, atol=1e-4)
 
 
 # ----- sentence pairs: token_type_ids only where the encoder has segment embeddings ----------------------------------

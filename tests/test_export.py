@@ -21,7 +21,15 @@ from bertft import FineTuner
 from bertft.deploy.export import ONNX_FILE, export, main
 from bertft.deploy.inference import HEAD_WEIGHTS, MANIFEST, EncoderWithHead, Predictor, load
 from bertft.encoder import load_encoder
-from bertft.heads import MeanHead, PoolerHead, WeightedLayersHead
+from bertft.heads import (
+    AttentionMapHead,
+    AttentionPoolingHead,
+    FirstLastMeanHead,
+    MeanHead,
+    MeanMaxHead,
+    PoolerHead,
+    WeightedLayersHead,
+)
 
 from .helpers import MINILM, fit, make_batches, sst2_rows
 
@@ -171,6 +179,33 @@ def test_a_missing_or_altered_file_is_named(exported: Path, tmp_path: Path) -> N
 
     with pytest.raises(FileNotFoundError, match="bertft.json"):
         load(linked_copy("no_manifest", skip=MANIFEST))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "head",
+    [MeanMaxHead, FirstLastMeanHead, lambda: AttentionPoolingHead(scorer_dim=16),
+     lambda: AttentionMapHead(layers=[-2, -1], mix="learned")],
+    ids=["mean_max", "first_last", "attention_pooling", "attention_map"],
+)  # fmt: skip
+def test_every_new_head_round_trips_through_checkpoint_export_and_onnx(head, tmp_path: Path, texts: list[str]) -> None:
+    """A checkpoint, the exported folder and its ONNX graph give the same logits; attention maps export eagerly."""
+    head = head()
+    ckpt = train_checkpoint(tmp_path / "head.ckpt", head, steps=2, rows=32)
+    out = export(ckpt, tmp_path / "export", onnx=HAS_ONNX)
+    predictor = load(out)
+    assert type(predictor.model.head) is type(head)
+    assert predictor.model.head.config == head.config
+    assert (predictor.model.encoder.config._attn_implementation == "eager") == head.needs_attentions
+    torch.testing.assert_close(predictor.logits(texts), checkpoint_logits(ckpt, texts), rtol=0, atol=1e-5)
+    if not HAS_ONNX:
+        return
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(out / ONNX_FILE), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    batch = predictor.tokenizer(texts[3:10], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="np")
+    (logits,) = session.run(["logits"], {k: v for k, v in batch.items() if k in names})
+    torch.testing.assert_close(torch.from_numpy(logits), predictor.logits(texts[3:10]), rtol=0, atol=1e-4)
 
 
 def test_cli_exports_a_weighted_head_and_refuses_a_non_empty_folder(

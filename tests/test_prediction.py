@@ -123,3 +123,16 @@ def test_output_file_must_be_csv_or_jsonl() -> None:
         PredictionWriter("predictions.parquet")
     with pytest.raises(ValueError, match="epoch"):
         PredictionWriter(write_interval="batch")
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path: Path) -> None:
+    """A report written into a shared sweep folder is readable by others, as with open() (not mkstemp's 0o600)."""
+    import os
+    import stat
+
+    from bertft.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "report.md", "x")
+    with open(tmp_path / "plain.md", "w") as f:
+        f.write("x")
+    assert stat.S_IMODE(os.stat(tmp_path / "report.md").st_mode) == stat.S_IMODE(os.stat(tmp_path / "plain.md").st_mode)

@@ -10,6 +10,7 @@ import csv
 import re
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -217,6 +218,29 @@ def test_bad_sweep_file_one_line_no_trial(
     assert err.startswith("bertft sweep: error: sweep file")
     assert message in err
     assert not (tmp_path / "sweep").exists(), "nothing may start before the sweep file is checked"
+
+
+@pytest.mark.parametrize(
+    ("storage", "missing", "message"),
+    [
+        ("postgresql://bertft:secret@127.0.0.1/db", "psycopg", "pip install 'bertft[postgres]' (or 'psycopg[binary]')"),
+        ("postgresql+pg8000://bertft:secret@127.0.0.1/db", None, "pg8000 is not installed: pip install 'pg8000'"),
+    ],
+)  # fmt: skip
+def test_a_missing_database_driver_is_one_line_naming_the_package(
+    tmp_path: Path, base_config: Path, capsys, monkeypatch: pytest.MonkeyPatch, storage: str, missing, message: str
+) -> None:
+    if missing:
+        monkeypatch.setitem(sys.modules, missing, None)  # as on a machine without it: importing it fails
+    path = write_sweep(tmp_path, base_config, space={"model.lr": [1.0e-4]}, storage=storage)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--config", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert message in err
+    assert "secret" not in err
+    assert not (tmp_path / "sweep").exists(), "nothing may start before the storage can be opened"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)

@@ -381,7 +381,8 @@ def load(
             str(folder), with_pooler=head.needs_pooler_output, with_attentions=head.needs_attentions
         ).eval()
         num_outputs = 1 if manifest["task"] == "regression" else manifest["num_labels"]
-        head.build(encoder.config.hidden_size, encoder.config.num_hidden_layers, num_outputs)
+        config = encoder.config
+        head.build(config.hidden_size, config.num_hidden_layers, num_outputs, config.num_attention_heads)
         head.load_state_dict(load_file(folder / HEAD_WEIGHTS))
         model = EncoderWithHead(encoder, head)
     else:
@@ -389,8 +390,8 @@ def load(
         if not name:
             option = "--onnx" if backend == "onnx" else "--onnx --quantize int8"
             raise FileNotFoundError(f"{folder} has no {backend} graph: export it with `bertft export {option}`")
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        model = OnnxModel(folder / name, config.get("max_position_embeddings", 512), threads)
+        encoder_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        model = OnnxModel(folder / name, encoder_config.get("max_position_embeddings", 512), threads)
     return Predictor(
         model,
         AutoTokenizer.from_pretrained(folder),

@@ -50,12 +50,12 @@ class Head(nn.Module, ABC):
     them under ``init_args``.
 
     Example:
-        >>> class FirstLastMean(Head):
+        >>> class LastFourMean(Head):
         ...     needs_hidden_states = True
         ...
         ...     def pool(self, outputs, attention_mask):
-        ...         first, last = outputs.hidden_states[1], outputs.hidden_states[-1]
-        ...         return masked_mean((first + last) / 2, attention_mask)
+        ...         last_four = torch.stack(outputs.hidden_states[-4:]).mean(dim=0)
+        ...         return masked_mean(last_four, attention_mask)
 
     Args:
         dropout: Dropout probability in the classifier.
@@ -71,6 +71,7 @@ class Head(nn.Module, ABC):
 
     hidden_size: int
     num_layers: int
+    num_attention_heads: int | None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Head:
         """Creates the head and records its constructor arguments (see :attr:`config`)."""
@@ -104,21 +105,26 @@ class Head(nn.Module, ABC):
         cls = type(self)
         return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(self._init_args)}
 
-    def build(self, hidden_size: int, num_layers: int, num_outputs: int) -> None:
+    def build(
+        self, hidden_size: int, num_layers: int, num_outputs: int, num_attention_heads: int | None = None
+    ) -> None:
         """Sizes the head for an encoder; the model calls this once, before training.
 
         Args:
             hidden_size: The encoder's ``hidden_size``.
             num_layers: The encoder's ``num_hidden_layers``.
             num_outputs: Number of logits.
+            num_attention_heads: The encoder's ``num_attention_heads`` (attention maps have this many per layer);
+                ``None`` where unknown, for heads that do not read the maps.
         """
         self.hidden_size = hidden_size
         self.num_layers = num_layers
+        self.num_attention_heads = num_attention_heads
         self.build_pooling()
         self.classifier = Classifier(self.output_dim, num_outputs, self.dropout, self.hidden_dim)
 
     def build_pooling(self) -> None:
-        """Creates the reduction's own parameters, if it has any; ``hidden_size`` and ``num_layers`` are set."""
+        """Creates the reduction's own parameters, if it has any (``hidden_size``, ``num_layers`` and more are set)."""
 
     @property
     def output_dim(self) -> int:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from bertft.encoder import EncoderOutput
 from bertft.heads.base import Head
-from bertft.heads.reduce import ScalarMix, layer_indices, masked_max, masked_mean
+from bertft.heads.reduce import ScalarMix, hidden_state_index, layer_indices, masked_max, masked_mean
 
 
 class PoolerHead(Head):
@@ -49,6 +49,60 @@ class MaxHead(Head):
     def pool(self, outputs: EncoderOutput, attention_mask: Tensor) -> Tensor:
         """Returns ``(batch, hidden)``."""
         return masked_max(outputs.last_hidden_state, attention_mask)
+
+
+class MeanMaxHead(Head):
+    """The mean and the element-wise maximum of ``last_hidden_state`` over real tokens, concatenated.
+
+    Two views of the same tokens: the mean keeps what they share, the max what stands out in any one of them
+    (InferSent, Conneau et al. 2017, found max pooling best for its BiLSTM; sentence-transformers offers both at once).
+    """
+
+    @property
+    def output_dim(self) -> int:
+        """``2 * hidden_size``."""
+        return 2 * self.hidden_size
+
+    def pool(self, outputs: EncoderOutput, attention_mask: Tensor) -> Tensor:
+        """Returns ``(batch, 2 * hidden)``: mean first, then max."""
+        hidden = outputs.last_hidden_state
+        return torch.cat([masked_mean(hidden, attention_mask), masked_max(hidden, attention_mask)], dim=-1)
+
+
+class FirstLastMeanHead(Head):
+    """Mean over real tokens of the average of two layers, by default the first transformer layer and the last.
+
+    "first-last-avg" of Su et al. (2021), "Whitening Sentence Representations for Better Semantics and Faster
+    Retrieval", which found it a better sentence vector than the last layer alone for BERT. Layers are positions in
+    ``hidden_states``: 0 is the embedding output (SimCSE's code averages that one with the last), 1 the first
+    transformer layer, -1 the last.
+
+    Args:
+        first: One layer of the pair (default 1, the first transformer layer).
+        last: The other (default -1, the last layer).
+        dropout: Dropout probability in the classifier.
+        hidden_dim: Width of an optional hidden layer in the classifier.
+    """
+
+    needs_hidden_states = True
+
+    def __init__(self, first: int = 1, last: int = -1, dropout: float = 0.1, hidden_dim: int | None = None) -> None:
+        super().__init__(dropout=dropout, hidden_dim=hidden_dim)
+        self.first = first
+        self.last = last
+
+    def build_pooling(self) -> None:
+        """Checks both layers against the encoder's depth."""
+        self.pair = (
+            hidden_state_index(self.num_layers, self.first, "first"),
+            hidden_state_index(self.num_layers, self.last, "last"),
+        )
+
+    def pool(self, outputs: EncoderOutput, attention_mask: Tensor) -> Tensor:
+        """Returns ``(batch, hidden)``."""
+        assert outputs.hidden_states is not None, "the model asks for hidden_states when needs_hidden_states is set"
+        first, last = (outputs.hidden_states[i] for i in self.pair)
+        return masked_mean((first.to(torch.float32) + last.to(torch.float32)) / 2, attention_mask)
 
 
 class TokenHead(Head):

@@ -45,6 +45,50 @@ def masked_max(hidden: Tensor, attention_mask: Tensor) -> Tensor:
     return torch.where(has_tokens, maxed, torch.zeros_like(maxed))
 
 
+def masked_softmax(scores: Tensor, attention_mask: Tensor) -> Tensor:
+    """Softmax over the sequence that gives padding exactly zero weight.
+
+    Args:
+        scores: ``(batch, seq)`` scores, any dtype.
+        attention_mask: ``(batch, seq)``, 1 for real tokens.
+
+    Returns:
+        ``(batch, seq)`` float32 weights summing to 1 over real tokens. A row that is all padding gives zeros, not NaN
+        (a softmax over only ``-inf`` would).
+    """
+    real = attention_mask.bool()
+    scores = scores.to(torch.float32).masked_fill(~real, torch.finfo(torch.float32).min)
+    weights = torch.softmax(scores, dim=-1) * real  # the product zeroes an all-padding row's uniform weights
+    return weights
+
+
+def weighted_sum(hidden: Tensor, weights: Tensor) -> Tensor:
+    """``sum_t weights[b, t] * hidden[b, t]``: ``(batch, seq, hidden)`` and ``(batch, seq)`` to ``(batch, hidden)``.
+
+    Computed in float32, as :func:`masked_mean`.
+    """
+    return torch.einsum("bt,bth->bh", weights.to(torch.float32), hidden.to(torch.float32))
+
+
+def hidden_state_index(num_layers: int, index: int, name: str = "layer") -> int:
+    """Resolves a position in ``hidden_states`` (0 = embeddings, ``k`` = layer ``k``; negative counts from the end).
+
+    Args:
+        num_layers: ``config.num_hidden_layers``; ``hidden_states`` has ``num_layers + 1`` entries.
+        index: The position as a config gives it: ``-1`` is the last layer, ``1`` the first transformer layer.
+        name: The argument's name, for the error.
+
+    Raises:
+        ValueError: ``index`` is outside ``-(num_layers + 1) .. num_layers``.
+    """
+    if not -(num_layers + 1) <= index <= num_layers:
+        raise ValueError(
+            f"{name}={index} is not a layer of this encoder: hidden_states has {num_layers + 1} entries "
+            f"(0 = embeddings, 1..{num_layers} = layers; negative counts from the end, -1 = the last layer)"
+        )
+    return index % (num_layers + 1)
+
+
 def layer_indices(num_layers: int, last_k: int | None = None, include_embeddings: bool = True) -> list[int]:
     """Positions in ``hidden_states`` that a head mixes or concatenates: the one definition of "layer".
 

@@ -38,6 +38,15 @@ def main(argv: list[str] | None = None) -> None:
         help="with --report: compare the values of this searched key (e.g. model.head), each at its best point",
     )
     parser.add_argument(
+        "--with",
+        dest="with_files",
+        metavar="TRIALS_CSV",
+        action="append",
+        default=[],
+        help="with --report: also compare the finished trials of an earlier sweep, read from its trials.csv "
+        "(repeatable; seeds pair across files, so the earlier sweep must have the same budget and data)",
+    )
+    parser.add_argument(
         "--output_dir", help="the sweep folder (default: the file's output_dir, or outputs/sweeps/NAME)"
     )
     parser.add_argument("--workers", type=int, help="parallel trials on this machine (overrides the file's workers)")
@@ -47,9 +56,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give --config sweep.yaml to run a sweep, or --report <sweep folder> to rebuild its report")
     if args.compare and not args.report:
         parser.error("--compare goes with --report; in a sweep file, write compare: KEY")
+    if args.with_files and not args.report:
+        parser.error("--with goes with --report: run the sweep, then --report FOLDER --with OTHER/trials.csv")
     try:
         if args.report:
-            report(Path(args.report), args.compare)
+            report(Path(args.report), args.compare, [Path(f) for f in args.with_files])
             return
         spec = load_spec(args.config, args.output_dir)
         if args.workers is not None:
@@ -59,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
         from bertft.sweep.validate import check_spec
 
         check_spec(spec)
+        from bertft.sweep.study import check_driver
+
+        check_driver(spec.storage_url)  # a missing database driver: one line now, not a traceback mid-sweep
         if args.test_best and not spec.test_file:
             raise SweepError(f"--test_best: the run's config in {spec.path} names no data.test_file to test on")
     except SweepError as err:
@@ -112,13 +126,16 @@ def run(spec: SweepSpec, test_best: bool = False) -> int:
     return 0
 
 
-def report(folder: Path, compare: str | None = None) -> None:
+def report(folder: Path, compare: str | None = None, with_files: list[Path] | None = None) -> None:
     """``--report``: rebuilds the folder's outputs from the storage recorded in its ``sweep.json``.
 
     ``compare`` (default: the sweep file's ``compare``) also writes ``compare.md``, and prints the ranking.
+    ``with_files`` (earlier sweeps' ``trials.csv``) join the comparison as points of their own.
     """
     import optuna
 
+    from bertft.sweep.compare import write_comparison
+    from bertft.sweep.imported import merge
     from bertft.sweep.report import write_report
     from bertft.sweep.study import storage_for
 
@@ -128,17 +145,18 @@ def report(folder: Path, compare: str | None = None) -> None:
     record = json.loads(record_file.read_text(encoding="utf-8"))
     study = optuna.load_study(study_name=record["name"], storage=storage_for(record["storage"]))
     compare = compare or record.get("compare")
+    if with_files and not compare:
+        raise SweepError("--with compares values of a key: add --compare KEY (e.g. model.head)")
     write_report(study, folder, record["metric"], record["direction"], compare=compare)
     print(f"report: {folder / 'summary.md'}")
     if compare:
         from bertft.sweep import study as studies
         from bertft.sweep.compare import comparison_text
 
-        print(
-            f"compare: {folder / 'compare.md'}\n"
-            + comparison_text(studies.sweep_trials(study), compare, record["direction"]),
-            end="",
-        )
+        trials = merge(studies.sweep_trials(study), with_files or [], record["metric"])
+        if with_files:  # compare.* again, with the earlier sweeps' trials
+            write_comparison(trials, compare, record["metric"], record["direction"], folder)
+        print(f"compare: {folder / 'compare.md'}\n" + comparison_text(trials, compare, record["direction"]), end="")
 
 
 def _test_best(spec: SweepSpec, study: Any) -> None:

@@ -19,7 +19,8 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from bertft.io import atomic_write_text
-from bertft.sweep.points import ALPHA, point_label, point_results
+from bertft.sweep.imported import sources
+from bertft.sweep.points import ALPHA, edge_notes, point_label, point_results
 from bertft.sweep.spec import SweepError, encode, label, short_key
 from bertft.sweep.stats import Summary, holm, paired_t_test, summarize
 from bertft.sweep.tables import csv_text, number, plot_intervals
@@ -46,6 +47,7 @@ class Entry:
     values: list[float]
     summary: Summary
     tried: int
+    edges: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ def compare(trials: Sequence[FrozenTrial], key: str, direction: str) -> tuple[li
                 best["values"],
                 summarize(best["values"]),
                 len(group),
+                tuple(edge_notes([t for t in trials if _value_of(t, key) == _value_of_result(best, key)], others)),
             )
         )
     entries.sort(key=lambda e: -sign * e.summary.mean)
@@ -108,6 +111,14 @@ def compare(trials: Sequence[FrozenTrial], key: str, direction: str) -> tuple[li
     return entries, [Pair(*r, p_holm=q) for r, q in zip(raw, adjusted, strict=True)]
 
 
+def _value_of(trial: FrozenTrial, key: str) -> str:
+    return repr(encode(trial.user_attrs.get("params", {}).get(key)))
+
+
+def _value_of_result(result: dict[str, Any], key: str) -> str:
+    return repr(encode(result["params"][key]))
+
+
 def write_comparison(
     trials: Sequence[FrozenTrial], key: str, metric: str, direction: str, folder: Path, plot: bool = True
 ) -> None:
@@ -115,7 +126,7 @@ def write_comparison(
     entries, pairs = compare(trials, key, direction)
     if not entries:
         return
-    other_keys = list(entries[0].others)
+    other_keys = list(dict.fromkeys(k for e in entries for k in e.others))  # trials read --with may lack a key
     header = [
         "rank",
         short_key(key),
@@ -129,37 +140,62 @@ def write_comparison(
         "ci95_high",
     ]
     rows = [
-        [rank, label(e.value), e.point, *(label(e.others[k]) for k in other_keys), e.tried, e.summary.n]
+        [rank, label(e.value), e.point, *(_cell(e, k) for k in other_keys), e.tried, e.summary.n]
         + [number(x) for x in (e.summary.mean, e.summary.sd, e.summary.ci_low, e.summary.ci_high)]
         for rank, e in enumerate(entries, 1)
     ]
     atomic_write_text(folder / "compare.csv", csv_text(header, rows))
-    atomic_write_text(folder / "compare.md", _markdown(entries, pairs, key, metric, direction))
+    markdown = _markdown(entries, pairs, key, metric, direction, other_keys, sources(trials))
+    atomic_write_text(folder / "compare.md", markdown)
     if plot:
         _plot(entries, key, metric, folder / "compare.png")
 
 
-def _markdown(entries: list[Entry], pairs: list[Pair], key: str, metric: str, direction: str) -> str:
+def _cell(entry: Entry, key: str) -> str:
+    return label(entry.others[key]) if key in entry.others else ""
+
+
+def _markdown(
+    entries: list[Entry],
+    pairs: list[Pair],
+    key: str,
+    metric: str,
+    direction: str,
+    other_keys: list[str],
+    read: dict[str, tuple[int, int]],
+) -> str:
     name = short_key(key)
-    most = max(e.tried for e in entries)
+    most, fewest = max(e.tried for e in entries), min(e.tried for e in entries)
+    tried = (
+        f" among the {most} points it was tried at"
+        if most == fewest
+        else (f" among the points it was tried at ({fewest} to {most}: `points_tried` in compare.csv)")
+    )
     lines = [
         f"# Comparing `{key}`, each value at its best point",
         "",
         f"Metric: `{metric}` ({direction}). Each value is shown at the point with its best mean over seeds"
-        + (f" among the {most} points it was tried at" if most > 1 else "")
+        + (tried if most > 1 else "")
         + ". The choice and the figures come from the same seeds, so every value's figure is optimistic in the same "
         "way; an independent confirmation uses new seeds at the chosen points.",
         "",
-        f"| rank | {name} | point | " + "".join(f"`{k}` | " for k in entries[0].others) + "n | mean ± sd | 95% CI |",
-        "|---:|---|---:|" + "---|" * len(entries[0].others) + "---:|---|---|",
+    ]
+    for path, (low, high) in read.items():
+        lines += [f"Points {low} to {high} are an earlier sweep's finished trials, read from `{path}` (`--with`).", ""]
+    lines += [
+        f"| rank | {name} | point | " + "".join(f"`{k}` | " for k in other_keys) + "n | mean ± sd | 95% CI |",
+        "|---:|---|---:|" + "---|" * len(other_keys) + "---:|---|---|",
     ]
     for rank, e in enumerate(entries, 1):
         s = e.summary
         spread = f" ± {s.sd:.4f}" if s.n > 1 else ""
         ci = f"[{s.ci_low:.4f}, {s.ci_high:.4f}]" if s.n > 1 else ""
         cells = [str(rank), f"**{label(e.value)}**" if rank == 1 else label(e.value), str(e.point)]
-        cells += [label(v) for v in e.others.values()] + [str(s.n), f"{s.mean:.4f}{spread}", ci]
+        cells += [_cell(e, k) for k in other_keys] + [str(s.n), f"{s.mean:.4f}{spread}", ci]
         lines.append("| " + " | ".join(cells) + " |")
+    edges = [f"- {label(e.value)}: {note}." for e in entries for note in e.edges]
+    if edges:
+        lines += ["", "At the edge of the search (the value's best point at the end of a searched range):", "", *edges]
     lines += [
         "",
         f"Every pair, paired t-test over the seeds both ran (two-sided); Holm-adjusted p over the {len(pairs)} pairs, "

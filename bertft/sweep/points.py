@@ -79,3 +79,52 @@ def summarize_points(trials: Sequence[FrozenTrial], direction: str) -> tuple[lis
                 row["t"], row["p"] = paired_t_test([theirs[s] for s in shared], [mine[s] for s in shared])
         rows.append(row)
     return rows, (best["point"] if best else None)
+
+
+def edge_notes(trials: Sequence[FrozenTrial], params: dict[str, Any]) -> list[str]:
+    """Says where a point sits at the low or high end of a numeric key's searched values, and what to try next.
+
+    A best point at the edge of what was searched (every head best at the grid's top learning rate) means the best
+    may lie beyond it. ``trials`` are the trials whose values count as searched (all of a sweep's, or those of one
+    compared value); ``params`` is the point's values.
+
+    Returns:
+        One sentence per such key, e.g. ``lr=0.0002 is the highest value searched (0.0001, 0.0002): the best may lie
+        higher; try lr: [0.0002, 0.0004, 0.0008]``. Empty when no numeric key has two values or more.
+    """
+    tried: dict[str, set[float]] = {}
+    for trial in trials:
+        for key, value in trial.user_attrs.get("params", {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                tried.setdefault(key, set()).add(value)
+    notes = []
+    for key, value in params.items():
+        values = sorted(tried.get(key, ()))
+        if len(values) < 2 or value not in (values[0], values[-1]):
+            continue
+        high = value == values[-1]
+        note = (
+            f"{short_key(key)}={label(value)} is the {'highest' if high else 'lowest'} value searched "
+            f"({', '.join(label(v) for v in values)}): the best may lie {'higher' if high else 'lower'}"
+        )
+        beyond = _beyond(values, high)
+        if values[0] >= 0:  # a key searched at 0 and up (dropout, a rate) is not tried below zero
+            beyond = [v for v in beyond if v >= 0]
+        if len(values) <= 6 and len(beyond) > 1:  # a grid; a sampled range's neighbouring values say little
+            note += f"; try {short_key(key)}: [{', '.join(label(v) for v in beyond)}]"
+        notes.append(note)
+    return notes
+
+
+def _beyond(values: list[float], high: bool) -> list[float]:
+    """Three values from the edge outwards, spaced as the searched value next to it (by ratio for learning rates)."""
+    edge, near = (values[-1], values[-2]) if high else (values[0], values[1])
+    if edge > 0 and near > 0 and max(edge, near) / min(edge, near) >= 1.5:
+        factor = edge / near
+        steps = [edge * factor**i for i in range(3)]
+    else:
+        step = edge - near
+        steps = [edge + step * i for i in range(3)]
+    if all(isinstance(v, int) for v in values):
+        steps = [round(v) for v in steps]
+    return steps if high else steps[::-1]

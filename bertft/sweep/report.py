@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from bertft.io import atomic_write_text
 from bertft.sweep import study as studies
 from bertft.sweep.compare import write_comparison
-from bertft.sweep.points import ALPHA, point_label, state_name, summarize_points
+from bertft.sweep.points import ALPHA, edge_notes, point_label, state_name, summarize_points
 from bertft.sweep.spec import label
 from bertft.sweep.stats import Summary
 from bertft.sweep.tables import csv_as_markdown, csv_text, number, plot_intervals
@@ -120,6 +120,7 @@ def _summary_md(
             f" ± {s.sd:.4f} (mean ± sd over {s.n} seeds), 95% CI [{s.ci_low:.4f}, {s.ci_high:.4f}]" if s.n > 1 else ""
         )
         lines += ["", f"**Best point: {best}** ({point_label(top['params'])}): `{metric}` {s.mean:.4f}{spread}."]
+        lines += [f"At the edge of the search: {note}." for note in edge_notes(trials, top["params"])]
         if s.n > 1:
             lines += [
                 "",

@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from bertft.sweep import study as studies
-from bertft.sweep.points import point_label, summarize_points
+from bertft.sweep.points import edge_notes, point_label, summarize_points
 from bertft.sweep.report import write_report
 from bertft.sweep.spec import SweepSpec
 from bertft.sweep.trial import trial_args, trial_process
@@ -238,6 +238,8 @@ class Sweep:
                     f"; best so far point {best} ({point_label(top['params'])}): "
                     f"{s.mean:.4g}{spread} over {s.n} seed{'s' * (s.n > 1)}"
                 )
+                for note in edge_notes(trials, top["params"]):  # the first clause; summary.md says what to try
+                    line += f"; {note.split(':')[0]}"
             print(line, flush=True)
             write_report(self.study, spec.output_dir, spec.metric, spec.direction, plot=False, compare=spec.compare)
 

@@ -75,8 +75,40 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     study.enqueue_trial(attrs["params"], user_attrs={**attrs, "retry_of": trial.number})
 
 
+#: What to install for a database driver that SQLAlchemy could not import, by the module it looked for.
+_DRIVERS = {
+    "psycopg": "'bertft[postgres]' (or 'psycopg[binary]')",
+    "psycopg2": "'psycopg2-binary'",
+    "MySQLdb": "'mysqlclient'",
+    "pymysql": "'PyMySQL'",
+}
+
+
+def check_driver(url: str) -> None:
+    """Fails with what to install when the storage URL's database driver is missing (before any trial starts).
+
+    Raises:
+        SweepError: The URL is not a database URL, or its driver is not installed.
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except Exception as err:  # noqa: BLE001  # SQLAlchemy raises several kinds for an unusable URL
+        raise SweepError(f"storage {url.split('@')[-1]!r} is not a database URL SQLAlchemy knows: {err}") from err
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        module = (err.name or str(err)).split(".")[0]
+        package = _DRIVERS.get(module, f"'{module}'")
+        shown = parsed.render_as_string(hide_password=True)
+        raise SweepError(f"storage {shown}: its driver {module} is not installed: pip install {package}") from None
+
+
 def storage_for(url: str) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats; SQLite waits for a lock instead of failing when workers write at once."""
+    check_driver(url)
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
     return optuna.storages.RDBStorage(
         url,
