@@ -2,9 +2,9 @@
 
 Each command runs through the real entry point with ``--print_config`` (``fit``, ``validate``, ``test``, ``predict``),
 which parses every option and config file and stops before anything is built, so a renamed or removed option fails
-here. ``export`` commands are parsed by its own parser. Placeholders are filled in the way a reader would: ``N`` and
-``M`` devices and nodes become numbers, ``[--flag]`` becomes ``--flag``, and a run's own saved ``config.yaml``
-(which exists only after a run) becomes the config it was saved from.
+here. ``export`` and ``serve`` commands are parsed by their own parsers. Placeholders are filled in the way a reader
+would: ``N`` and ``M`` devices and nodes become numbers, ``[--flag]`` becomes ``--flag``, and a run's own saved
+``config.yaml`` (which exists only after a run) becomes the config it was saved from.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 
 from bertft.cli import main
 from bertft.deploy.export import build_parser
+from bertft.deploy.serve import build_parser as build_serve_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -33,7 +34,7 @@ def bertft_commands(text: str) -> list[str]:
             line = line.split(" #", 1)[0].strip()
             if not line or line.startswith("#"):
                 continue
-            match = re.search(r"(?:^|\s)(?:-m bertft|bertft)\s+(fit|validate|test|predict|export)\b(.*)$", line)
+            match = re.search(r"(?:^|\s)(?:-m bertft|bertft)\s+(fit|validate|test|predict|export|serve)\b(.*)$", line)
             if match:
                 commands.append(f"{match.group(1)}{match.group(2)}")
     return commands
@@ -59,6 +60,7 @@ def test_the_documentation_has_commands() -> None:
     assert len(readme) >= 7  # the quickstart, its variations, your own CSV, predict
     assert any(command.startswith("export") for _, command in DOCUMENTED)
     assert any(command.startswith("predict") for _, command in DOCUMENTED)
+    assert any(command.startswith("serve") for _, command in DOCUMENTED)
 
 
 def test_placeholders_are_filled() -> None:
@@ -82,6 +84,9 @@ def test_documented_command_parses(
     args = arguments(command)
     if args[0] == "export":
         build_parser().parse_args(args[1:])  # exits with status 2 on an unknown option
+        return
+    if args[0] == "serve":
+        build_serve_parser().parse_args(args[1:])
         return
     if "--help" not in args and "--print_config" not in args:
         args.append("--print_config")

@@ -7,6 +7,7 @@
       tokenizer.json, vocab.txt, ...     its tokenizer
       head.safetensors                   the head's weights
       model.onnx                         encoder + head, with --onnx
+      model.int8.onnx                    its int8 dynamic quantization, with --onnx --quantize int8
       bertft.json                        head config, task, labels, threshold, max_length, versions, sha256 of files
       adapter/                           with --adapter, a LoRA model's adapter in peft's own format
 
@@ -47,6 +48,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 
 from bertft.adapters import merge_adapters
 from bertft.deploy.inference import FORMAT_VERSION, HEAD_WEIGHTS, MANIFEST, EncoderWithHead, read_checkpoint, sha256
+from bertft.deploy.onnx_backend import ONNX_INT8_FILE, quantize_int8, require_onnxruntime
 from bertft.encoder import resolve_encoder
 from bertft.heads import PoolerHead
 from bertft.model import FineTuner
@@ -166,7 +168,13 @@ def _check_output_dir(out: Path, overwrite: bool) -> None:
 
 
 def _write_folder(
-    model: FineTuner, tokenizer_name: str, max_length: int | None, folder: Path, onnx: bool, adapter: bool = False
+    model: FineTuner,
+    tokenizer_name: str,
+    max_length: int | None,
+    folder: Path,
+    onnx: bool,
+    quantize: str | None = None,
+    adapter: bool = False,
 ) -> None:
     peft = model.hparams.get("peft")
     if adapter:
@@ -183,6 +191,8 @@ def _write_folder(
     save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, folder / HEAD_WEIGHTS)
     if onnx:
         export_onnx(EncoderWithHead(model.encoder, head), tokenizer, folder / ONNX_FILE)
+    if quantize == "int8":
+        quantize_int8(folder / ONNX_FILE, folder / ONNX_INT8_FILE)
     manifest: dict[str, Any] = {
         "format": "bertft",
         "format_version": FORMAT_VERSION,
@@ -198,6 +208,7 @@ def _write_folder(
         "max_length": max_length,
         "hf_sequence_classification": hf is not None,
         "onnx": ONNX_FILE if onnx else None,
+        "onnx_int8": ONNX_INT8_FILE if quantize == "int8" else None,
         "peft": peft,  # the adapters' settings, merged into the encoder's weights here
         # Every file but this one, so an altered or swapped file is caught before it is loaded.
         "files": {p.relative_to(folder).as_posix(): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()},
@@ -207,7 +218,13 @@ def _write_folder(
 
 
 def export(
-    ckpt_path: str | Path, output_dir: str | Path, *, onnx: bool = False, overwrite: bool = False, adapter: bool = False
+    ckpt_path: str | Path,
+    output_dir: str | Path,
+    *,
+    onnx: bool = False,
+    quantize: str | None = None,
+    overwrite: bool = False,
+    adapter: bool = False,
 ) -> Path:
     """Exports a checkpoint to a self-contained folder that :func:`bertft.load` reads (see the module docstring).
 
@@ -218,6 +235,8 @@ def export(
         ckpt_path: A Lightning checkpoint of :class:`~bertft.model.FineTuner`.
         output_dir: Folder to create; it must not exist or be empty, unless ``overwrite``.
         onnx: Also write ``model.onnx`` (encoder + head).
+        quantize: ``"int8"``: also write ``model.int8.onnx``, ONNX Runtime's dynamic int8 quantization of it (needs
+            ``onnx``); ``bertft.load(folder, backend="onnx-int8")`` runs it.
         overwrite: Replace a non-empty ``output_dir``.
         adapter: Also write a LoRA checkpoint's adapter in peft's own format under ``adapter/``.
 
@@ -227,12 +246,19 @@ def export(
     Raises:
         FileNotFoundError: No checkpoint at ``ckpt_path``.
         FileExistsError: ``output_dir`` is a file, or a non-empty folder without ``overwrite``.
-        ImportError: ``onnx`` without the ``onnx`` package installed.
+        ImportError: ``onnx`` without the ``onnx`` package installed (``quantize``: or without onnxruntime).
+        ValueError: ``quantize`` without ``onnx``, or not ``"int8"``.
     """
+    if quantize is not None and quantize != "int8":
+        raise ValueError(f"quantize={quantize!r}: only 'int8' is supported")
+    if quantize and not onnx:
+        raise ValueError("--quantize int8 quantizes the ONNX graph: pass --onnx as well")
     out = Path(output_dir).absolute()
     _check_output_dir(out, overwrite)
     if onnx:
         _require_onnx()  # before the slow part
+    if quantize:
+        require_onnxruntime()
     model, tokenizer_name, max_length = read_checkpoint(ckpt_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -240,7 +266,7 @@ def export(
     staging.mkdir()
     old = out.parent / f".{out.name}.old-{tag}"
     try:
-        _write_folder(model, tokenizer_name, max_length, staging, onnx, adapter)
+        _write_folder(model, tokenizer_name, max_length, staging, onnx, quantize, adapter)
         _check_output_dir(out, overwrite)  # again: something may have written there meanwhile
         if out.exists():
             out.rename(old)
@@ -264,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt_path", required=True, help="Lightning checkpoint (.ckpt) written by `bertft fit`.")
     parser.add_argument("--output_dir", required=True, help="Folder to create (must not exist or be empty).")
     parser.add_argument("--onnx", action="store_true", help="Also write model.onnx (encoder + head).")
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="With --onnx: also write model.int8.onnx, ONNX Runtime's dynamic int8 quantization (faster on CPUs; "
+        "serve it with `bertft serve FOLDER --backend onnx-int8`).",
+    )
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output_dir.")
     parser.add_argument(
         "--adapter",
@@ -282,7 +315,14 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = build_parser().parse_args(argv)
     try:
-        folder = export(args.ckpt_path, args.output_dir, onnx=args.onnx, overwrite=args.overwrite, adapter=args.adapter)
+        folder = export(
+            args.ckpt_path,
+            args.output_dir,
+            onnx=args.onnx,
+            quantize=args.quantize,
+            overwrite=args.overwrite,
+            adapter=args.adapter,
+        )
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:
         if os.environ.get("BERTFT_DEBUG"):
             raise

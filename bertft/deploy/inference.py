@@ -24,6 +24,7 @@ from bertft.data.conll import TAGS, TOKENS
 from bertft.data.encode import ROW
 from bertft.data.files import Table
 from bertft.data.tokens import WORD_INDEX, TokenEncodeSettings, encode_sentences
+from bertft.deploy.onnx_backend import BACKENDS, OnnxModel
 from bertft.encoder import forward_arguments, load_encoder, resolve_encoder, run_encoder
 from bertft.heads import Head
 from bertft.model import FineTuner, head_from_config
@@ -150,7 +151,7 @@ class Predictor:
     """Predicts labels for texts with a fine-tuned encoder and head; make one with :func:`load`.
 
     Args:
-        model: Encoder and head.
+        model: Encoder and head, or their ONNX graph (:class:`~bertft.deploy.onnx_backend.OnnxModel`).
         tokenizer: The encoder's tokenizer.
         task: ``classification``, ``multilabel`` or ``regression``.
         label_names: Label names in logit order (empty for regression).
@@ -162,7 +163,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: EncoderWithHead,
+        model: EncoderWithHead | OnnxModel,
         tokenizer: PreTrainedTokenizerBase,
         task: str,
         label_names: list[str],
@@ -172,14 +173,18 @@ class Predictor:
         dtype: torch.dtype | None = None,
     ) -> None:
         self.device = torch.device(device)
-        model.encoder.to(device=self.device, dtype=dtype)
+        if isinstance(model, EncoderWithHead):
+            model.encoder.to(device=self.device, dtype=dtype)
+            positions = model.encoder.config.max_position_embeddings
+        else:  # an OnnxModel (bertft.deploy.onnx_backend): ONNX Runtime on the CPU
+            positions = model.max_position_embeddings
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.task = task
         self.label_names = list(label_names)
         self.threshold = threshold
         if max_length is None:  # the model's own limit; the tokenizer's default can be a huge sentinel
-            max_length = min(tokenizer.model_max_length, model.encoder.config.max_position_embeddings)
+            max_length = min(tokenizer.model_max_length, positions)
         self.max_length = max_length
 
     @classmethod
@@ -219,7 +224,8 @@ class Predictor:
                 logits = self.model(**batch)
                 if logits.dim() != 2:
                     raise ValueError(
-                        f"head {type(self.model.head).__name__} returns per-token logits {tuple(logits.shape)}; "
+                        f"head {type(getattr(self.model, 'head', self.model)).__name__} returns per-token logits "
+                        f"{tuple(logits.shape)}; "
                         "Predictor handles one prediction per text"
                     )
                 chunks.append(logits.float().cpu())
@@ -338,34 +344,57 @@ class Predictor:
         return batch
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Predictor:
+def load(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    backend: str = "torch",
+    threads: int = 0,
+) -> Predictor:
     """Loads an exported folder (or a Lightning checkpoint) for inference; needs nothing but the folder.
 
     Args:
         path: A folder written by :func:`bertft.deploy.export.export`, or a ``.ckpt`` file (then as
             :meth:`Predictor.from_checkpoint`: loaded with ``weights_only=True``, the encoder's files must be at hand).
-        device: Where to run, e.g. ``"cuda"``.
+        device: Where to run, e.g. ``"cuda"`` (the ONNX backends run on the CPU).
         dtype: Weight dtype of the encoder, e.g. ``torch.bfloat16``; ``None`` keeps float32.
+        backend: ``"torch"``; ``"onnx"``, the folder's ``model.onnx`` (``bertft export --onnx``) on ONNX Runtime;
+            or ``"onnx-int8"``, its int8 copy (``bertft export --onnx --quantize int8``).
+        threads: ONNX Runtime's intra-op threads (0: one per core); the torch backend uses ``torch.set_num_threads``.
 
     Raises:
-        FileNotFoundError: A file is missing (named in the message).
-        ValueError: A file was altered since export, the head does not fit the encoder, or a checkpoint was refused
-            because unpickling it would run code.
+        FileNotFoundError: A file is missing (named in the message), e.g. the ONNX graph a backend needs.
+        ValueError: A file was altered since export, the head does not fit the encoder, a checkpoint was refused
+            because unpickling it would run code, or an unknown backend.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
     folder = Path(path)
     if folder.is_file():
+        if backend != "torch":
+            raise ValueError(f"backend={backend!r} needs an exported folder (bertft export --onnx), not {path}")
         return Predictor.from_checkpoint(folder, device, dtype)
     manifest = read_manifest(folder)
-    head = head_from_config(manifest["head"])
-    encoder = load_encoder(
-        str(folder), with_pooler=head.needs_pooler_output, with_attentions=head.needs_attentions
-    ).eval()
-    num_outputs = 1 if manifest["task"] == "regression" else manifest["num_labels"]
-    config = encoder.config
-    head.build(config.hidden_size, config.num_hidden_layers, num_outputs, config.num_attention_heads)
-    head.load_state_dict(load_file(folder / HEAD_WEIGHTS))
+    model: EncoderWithHead | OnnxModel
+    if backend == "torch":
+        head = head_from_config(manifest["head"])
+        encoder = load_encoder(
+            str(folder), with_pooler=head.needs_pooler_output, with_attentions=head.needs_attentions
+        ).eval()
+        num_outputs = 1 if manifest["task"] == "regression" else manifest["num_labels"]
+        config = encoder.config
+        head.build(config.hidden_size, config.num_hidden_layers, num_outputs, config.num_attention_heads)
+        head.load_state_dict(load_file(folder / HEAD_WEIGHTS))
+        model = EncoderWithHead(encoder, head)
+    else:
+        name = manifest.get("onnx") if backend == "onnx" else manifest.get("onnx_int8")
+        if not name:
+            option = "--onnx" if backend == "onnx" else "--onnx --quantize int8"
+            raise FileNotFoundError(f"{folder} has no {backend} graph: export it with `bertft export {option}`")
+        encoder_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        model = OnnxModel(folder / name, encoder_config.get("max_position_embeddings", 512), threads)
     return Predictor(
-        EncoderWithHead(encoder, head),
+        model,
         AutoTokenizer.from_pretrained(folder),
         manifest["task"],
         manifest["label_names"],
