@@ -4,9 +4,7 @@ bad input. Tiny random encoders of every family; the real MiniLM for kill -9 and
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,18 @@ from bertft.training.checks import checkpoint_bytes
 
 from .ddp import launch
 from .families import BY_NAME
-from .helpers import CONFIGS, cli_args, fit, make_batches, run_bertft, sst2_rows, write_tsv
+from .helpers import (
+    CONFIGS,
+    cli_args,
+    fit,
+    kill_once_written,
+    last_lr,
+    make_batches,
+    resume_fit_args,
+    run_bertft,
+    sst2_rows,
+    write_tsv,
+)
 
 LORA = CONFIGS / "peft" / "lora.yaml"
 # One tiny encoder of each model_type the suite covers (tests/families.py).
@@ -268,28 +277,19 @@ def test_sweep_searches_peft_settings() -> None:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_ckpt_path_last_matches_an_uninterrupted_lora_run(tmp_path: Path) -> None:
     """tests/test_resume.py's kill -9 test, with LoRA on the real MiniLM (adapter dropout and encoder dropout on)."""
-    from .test_resume import fit_args, last_lr
-
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 15))
     val = write_tsv(tmp_path / "val.tsv", sst2_rows("test", 10))
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     lora = f"--config={LORA}"
-    run_bertft(*fit_args(whole, train, val, lora), timeout=600)
+    run_bertft(*resume_fit_args(whole, train, val, lora), timeout=600)
     last = broken / "csv" / "version_0" / "checkpoints" / "last.ckpt"
-
-    def kill_at_the_first_checkpoint(proc: subprocess.Popen) -> None:
-        deadline = time.monotonic() + 300
-        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-
-    run_bertft(*fit_args(broken, train, val, lora), timeout=600, returncode=-signal.SIGKILL,
-               while_running=kill_at_the_first_checkpoint)  # fmt: skip
+    run_bertft(*resume_fit_args(broken, train, val, lora), timeout=600, returncode=-signal.SIGKILL,
+               while_running=kill_once_written(last))  # fmt: skip
     interrupted = torch.load(last, map_location="cpu", weights_only=True)
     assert 0 < interrupted["global_step"] < 6
     assert interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] > 0
 
-    resumed = run_bertft(*fit_args(broken, train, val, lora, "--ckpt_path=last"), timeout=600)
+    resumed = run_bertft(*resume_fit_args(broken, train, val, lora, "--ckpt_path=last"), timeout=600)
     assert f"Resuming from {last}" in resumed.stderr
     a = torch.load(whole / "csv" / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     b = torch.load(last, map_location="cpu", weights_only=True)

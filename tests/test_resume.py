@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from bertft.data.sampler import LengthGroupedBatchSampler, ResumableDataLoader
 from bertft.io import atomic_write_text
 from bertft.training.faults import AtomicCheckpointIO
 
-from .helpers import ROOT, cli_args, run_bertft, sst2_rows, write_tsv
+from .helpers import ROOT, cli_args, kill_once_written, last_lr, resume_fit_args, run_bertft, sst2_rows, write_tsv
 
 
 def lengths(n: int = 37) -> list[int]:
@@ -82,36 +81,6 @@ def test_loader_counts_batches_received_not_fetched_ahead() -> None:
 # ----- kill -9 and resume on the real MiniLM -----------------------------------------------------------------------
 
 
-def fit_args(out: Path, train: str, val: str, *extra: str) -> list[str]:
-    """Two epochs of the real MiniLM, last.ckpt every 2 steps, the CSV logger on; dropout on (0.1), so the RNG states
-    must be restored for equal masks."""
-    return cli_args(
-        out,
-        "--data.max_length=32",
-        "--trainer.max_epochs=2",
-        "--trainer.deterministic=true",
-        "--trainer.accelerator=cpu",
-        "--trainer.precision=32",
-        "--trainer.log_every_n_steps=1",
-        "--tracking.misclassified=0",
-        "--seed_everything=7",
-        "--resume.every_n_steps=2",
-        *extra,
-        encoder="minilm",
-        train=train,
-        val=val,
-        quoting=False,
-        batch_size=5,
-        logger="bertft.training.loggers.CSVLogger",
-        cache_dir=out.parent / "cache",
-    )
-
-
-def last_lr(metrics: Path) -> tuple[int, float]:
-    rows = [r for r in csv.DictReader(metrics.open()) if r.get("lr/encoder")]
-    return int(rows[-1]["step"]), float(rows[-1]["lr/encoder"])
-
-
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_ckpt_path_last_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     # 15 real SST-2 rows, batches of 5: 3 optimiser steps per epoch, 2 epochs; last.ckpt every 2 steps, so the first
@@ -119,23 +88,16 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_matches_an_uninterrupted_run(tmp_
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 15))
     val = write_tsv(tmp_path / "val.tsv", sst2_rows("test", 10))
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    run_bertft(*fit_args(whole, train, val), timeout=600)
+    run_bertft(*resume_fit_args(whole, train, val), timeout=600)
 
     last = broken / "csv" / "version_0" / "checkpoints" / "last.ckpt"
-
-    def kill_at_the_first_checkpoint(proc: subprocess.Popen) -> None:
-        deadline = time.monotonic() + 300
-        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-
-    run_bertft(*fit_args(broken, train, val), timeout=600, returncode=-signal.SIGKILL,
-               while_running=kill_at_the_first_checkpoint)  # fmt: skip
+    run_bertft(*resume_fit_args(broken, train, val), timeout=600, returncode=-signal.SIGKILL,
+               while_running=kill_once_written(last))  # fmt: skip
     interrupted = torch.load(last, map_location="cpu", weights_only=True)
     assert 0 < interrupted["global_step"] < 6  # killed before the end...
     assert interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] > 0  # ...mid-epoch
 
-    resumed = run_bertft(*fit_args(broken, train, val, "--ckpt_path=last"), timeout=600)
+    resumed = run_bertft(*resume_fit_args(broken, train, val, "--ckpt_path=last"), timeout=600)
     assert f"Resuming from {last}" in resumed.stderr
     assert not (broken / "csv" / "version_1").exists()  # the resumed run continued in the killed run's folder
 

@@ -5,7 +5,7 @@ Import from here: ``from .helpers import cli_args, sst2_rows, write_tsv``. Fixtu
 multi-process (DDP) launcher in ``ddp.py``, the tiny encoders of every family in ``families.py``.
 """
 
-from .cli import cli_args, run_bertft
+from .cli import cli_args, kill_once_written, last_lr, resume_fit_args, run_bertft
 from .data import (
     BUNDLED,
     CONFIGS,
@@ -29,8 +29,11 @@ __all__ = [
     "bundled_lines",
     "cli_args",
     "fit",
+    "kill_once_written",
+    "last_lr",
     "make_batches",
     "quiet_trainer",
+    "resume_fit_args",
     "run_bertft",
     "sst2_rows",
     "subset",

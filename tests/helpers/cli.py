@@ -3,6 +3,7 @@ its own under a timeout."""
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -153,3 +154,46 @@ def _reap(session: int, shown: str, grace: float = 20) -> None:
         time.sleep(0.2)
     os.killpg(session, signal.SIGKILL)
     pytest.fail(f"a process that `{shown}` started was still running {grace:.0f} s after it ended (killed now)")
+
+
+def resume_fit_args(out: Path, train: str | Path, val: str | Path, *extra: str) -> list[str]:
+    """The kill -9 and resume tests' fit: two epochs of the real MiniLM, last.ckpt every 2 steps, the CSV logger on;
+    dropout on (0.1), so the RNG states must be restored for equal masks."""
+    return cli_args(
+        out,
+        "--data.max_length=32",
+        "--trainer.max_epochs=2",
+        "--trainer.deterministic=true",
+        "--trainer.accelerator=cpu",
+        "--trainer.precision=32",
+        "--trainer.log_every_n_steps=1",
+        "--tracking.misclassified=0",
+        "--seed_everything=7",
+        "--resume.every_n_steps=2",
+        *extra,
+        encoder="minilm",
+        train=train,
+        val=val,
+        quoting=False,
+        batch_size=5,
+        logger="bertft.training.loggers.CSVLogger",
+        cache_dir=out.parent / "cache",
+    )
+
+
+def last_lr(metrics: Path) -> tuple[int, float]:
+    """The last logged step of a run's ``metrics.csv`` and the encoder's learning rate there."""
+    rows = [r for r in csv.DictReader(metrics.open()) if r.get("lr/encoder")]
+    return int(rows[-1]["step"]), float(rows[-1]["lr/encoder"])
+
+
+def kill_once_written(path: Path, timeout: float = 300) -> Callable[[subprocess.Popen], None]:
+    """A ``run_bertft(while_running=...)`` callback: SIGKILL the run as soon as ``path`` exists (or it ends)."""
+
+    def kill(proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + timeout
+        while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+
+    return kill
