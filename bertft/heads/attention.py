@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from bertft.encoder import EncoderOutput
 from bertft.heads.base import Head
-from bertft.heads.reduce import ScalarMix, masked_softmax, weighted_sum
+from bertft.heads.reduce import ScalarMix, hidden_state_index, masked_softmax, weighted_sum
 
 
 class AttentionMapHead(Head):
@@ -52,14 +52,15 @@ class AttentionMapHead(Head):
 
     def build_pooling(self) -> None:
         """Resolves the layers and, with ``mix: learned``, creates one weight per (layer, attention head)."""
-        for layer in self.layers:
-            if not (1 <= layer <= self.num_layers or -self.num_layers <= layer <= -1):
+        positions = {layer: hidden_state_index(self.num_layers, layer, "layers") for layer in self.layers}
+        for layer, position in positions.items():
+            if position == 0:  # the embeddings: no attention map
                 raise ValueError(
                     f"layers: {layer} is not a transformer layer of this encoder (1..{self.num_layers}, or "
                     f"-{self.num_layers}..-1 from the end; attention maps exist for transformer layers only)"
                 )
-        # attentions[i] belongs to transformer layer i + 1.
-        self.map_layers = sorted({layer - 1 if layer > 0 else self.num_layers + layer for layer in self.layers})
+        # attentions[i] belongs to transformer layer i + 1, which is hidden_states[i + 1].
+        self.map_layers = sorted({position - 1 for position in positions.values()})
         self.mix: ScalarMix | None = None
         if self.mix_kind == "learned":
             if self.num_attention_heads is None:
