@@ -76,9 +76,9 @@ def compare(trials: Sequence[FrozenTrial], key: str, direction: str) -> tuple[li
     sign = 1 if direction == "maximize" else -1
     groups: dict[str, list[dict[str, Any]]] = {}
     for result in results:
-        groups.setdefault(repr(encode(result["params"][key])), []).append(result)
+        groups.setdefault(_group(result["params"], key), []).append(result)
     entries = []
-    for group in groups.values():
+    for name, group in groups.items():
         best = max(group, key=lambda r: sign * summarize(r["values"]).mean)  # first point wins a tie
         others = {k: v for k, v in best["params"].items() if k != key}
         entries.append(
@@ -90,7 +90,7 @@ def compare(trials: Sequence[FrozenTrial], key: str, direction: str) -> tuple[li
                 best["values"],
                 summarize(best["values"]),
                 len(group),
-                tuple(edge_notes([t for t in trials if _value_of(t, key) == _value_of_result(best, key)], others)),
+                tuple(edge_notes([t for t in trials if _group(t.user_attrs.get("params", {}), key) == name], others)),
             )
         )
     entries.sort(key=lambda e: -sign * e.summary.mean)
@@ -111,12 +111,9 @@ def compare(trials: Sequence[FrozenTrial], key: str, direction: str) -> tuple[li
     return entries, [Pair(*r, p_holm=q) for r, q in zip(raw, adjusted, strict=True)]
 
 
-def _value_of(trial: FrozenTrial, key: str) -> str:
-    return repr(encode(trial.user_attrs.get("params", {}).get(key)))
-
-
-def _value_of_result(result: dict[str, Any], key: str) -> str:
-    return repr(encode(result["params"][key]))
+def _group(params: dict[str, Any], key: str) -> str:
+    """The compared value of a point's ``params``, as one group's name (mappings as canonical JSON)."""
+    return repr(encode(params.get(key)))
 
 
 def write_comparison(
