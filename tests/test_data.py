@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -377,25 +376,44 @@ def test_trainer_fit_reshuffles_between_epochs(sst2: dict[str, str], tmp_path: P
     assert dm.cache_events == {"train": "loaded", "val": "loaded"}  # built in prepare_data, loaded in setup
 
 
-def test_a_limited_evaluation_says_it_sees_the_longest_texts(sst2: dict[str, str]) -> None:
-    """Evaluation is sorted longest first: `limit_val_batches` takes the longest texts, which users must be told."""
-    dm = make(sst2, batch_size=8)  # 80 dev sentences
+def test_a_limited_evaluation_draws_a_fixed_random_sample_not_the_longest_texts(sst2: dict[str, str]) -> None:
+    """`limit_val_batches` keeps the first batches: they hold a seeded random sample, the same rows every time."""
+    dm = make(sst2, batch_size=8)  # 80 dev sentences, 10 batches
     dm.prepare_data()
     dm.setup("fit")
-    dm.trainer = SimpleNamespace(limit_val_batches=2, limit_test_batches=1.0)
-    with pytest.warns(UserWarning, match=r"limit_val_batches=2: val batches are sorted by length, longest first"):
-        loader = dm.val_dataloader()
-    lengths = [int(batch["attention_mask"].sum(1).min()) for batch in loader]
-    assert lengths == sorted(lengths, reverse=True)  # why the warning is true
-    for limit in (1.0, 0, len(loader), 200):  # the whole split, none, or at least every batch: nothing to say
+    lengths = dm.splits["val"].lengths
+
+    def first_rows(limit: int | float, split: str = "val") -> list[int]:
         dm.trainer = SimpleNamespace(limit_val_batches=limit, limit_test_batches=limit)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            dm.val_dataloader()
-            dm.test_dataloader()
-    dm.trainer = SimpleNamespace(limit_test_batches=0.5)
-    with pytest.warns(UserWarning, match=r"limit_test_batches=0.5: .* give a smaller test_file$"):
-        dm.test_dataloader()
+        loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
+        kept = limit if isinstance(limit, int) else int(len(loader) * limit)
+        assert len(loader) == (10 if split == "val" else 5)  # the length Lightning counts its limit on is unchanged
+        return [int(row) for batch in list(loader)[:kept] for row in batch["row"]]
+
+    rows = first_rows(2)
+    assert len(set(rows)) == len(rows) == 16
+    assert rows == first_rows(2)  # the same rows in every run
+    longest = sorted(range(len(lengths)), key=lambda i: -lengths[i])[:16]
+    assert sorted(rows) != sorted(longest)  # what the old length order evaluated
+    mean = sum(lengths[i] for i in rows) / 16
+    assert mean < sum(lengths[i] for i in longest) / 16  # a sample is shorter on average than the longest texts
+    assert [lengths[i] for i in rows] == sorted((lengths[i] for i in rows), reverse=True)  # still padded little
+    assert set(first_rows(0.5)) >= set(rows)  # a larger limit extends the same draw
+    assert len(first_rows(0.5, "test")) == 16  # int(5 batches * 0.5) = 2 batches of 8
+    for limit in (1.0, 10, 200):  # every batch: the plain length order, nothing drawn
+        assert first_rows(limit) == sorted(range(80), key=lambda i: -lengths[i])
+
+
+def test_a_limited_evaluation_shares_one_sample_among_ranks() -> None:
+    """Under DDP every rank takes its part of the same sample first; nothing is repeated or lost."""
+    lengths = [(7 * i) % 23 + 1 for i in range(50)]
+    alone = LengthSortedSampler(lengths, num_replicas=1, rank=0, sample=20)
+    ranks = [LengthSortedSampler(lengths, num_replicas=2, rank=r, sample=20) for r in (0, 1)]
+    assert sorted(list(ranks[0])[: ranks[0].sampled] + list(ranks[1])[: ranks[1].sampled]) == sorted(
+        list(alone)[: alone.sampled]
+    )
+    assert sorted(list(ranks[0]) + list(ranks[1])) == list(range(50))
+    assert {r.sampled for r in ranks} == {10}
 
 
 # ----- bad input --------------------------------------------------------------------------------------------------
@@ -492,3 +510,12 @@ def test_bad_jsonl_line(tmp_path: Path) -> None:
     path = bad(tmp_path, '{"sentence": "ok", "label": 1}\n{"sentence": "broken"\n', name="b.jsonl")
     with pytest.raises(DataError, match=r"b\.jsonl, line 2: not valid JSON"):
         TextDataModule(train_file=path).num_labels  # noqa: B018
+
+
+def test_a_limited_evaluation_draws_whole_texts_when_long_texts_are_windowed() -> None:
+    """Every window of a drawn text is in the sample, so the model can merge them into the text's prediction."""
+    groups = [i // 3 for i in range(30)]  # 10 texts of 3 windows each
+    sampler = LengthSortedSampler([5] * 30, groups=groups, sample=7)
+    drawn = list(sampler)[: sampler.sampled]
+    assert sampler.sampled == 9  # whole texts: 3 of them, the first draw past 7 windows
+    assert all(sum(groups[i] == groups[j] for j in drawn) == 3 for i in drawn)

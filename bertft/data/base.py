@@ -41,7 +41,7 @@ from bertft.data.sampler import (
     LengthSortedSampler,
     ResumableDataLoader,
     check_sharding,
-    warn_if_limited,
+    evaluated_examples,
 )
 from bertft.data.split import (
     SPLITS,
@@ -488,9 +488,16 @@ class EncodedDataModule(L.LightningDataModule, ABC):
         # Every window of a text on one rank, where the model merges them into the text's prediction.
         groups = column(dataset, ROW) if WINDOW in dataset.column_names else None
         sampler = LengthSortedSampler(self.splits[split].lengths, groups=groups)
-        loader = self._loader(dataset, sampler=sampler, batch_size=self.eval_batch_size)
-        warn_if_limited(self.trainer, split, len(loader))
-        return loader
+        # A limit keeps the first batches: make them a fixed random sample, not the split's longest texts.
+        kept = evaluated_examples(self.trainer, split, -(-len(sampler) // self.eval_batch_size), self.eval_batch_size)
+        if kept is not None:
+            sampler = LengthSortedSampler(self.splits[split].lengths, groups=groups, sample=kept * sampler.num_replicas)
+            rank_zero_info(
+                f"trainer.limit_{split}_batches={getattr(self.trainer, f'limit_{split}_batches')}: {split} metrics come"
+                f" from a fixed random sample of about {kept * sampler.num_replicas:,} of the {len(dataset):,} {split}"
+                " examples, the same in every run"
+            )
+        return self._loader(dataset, sampler=sampler, batch_size=self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches, sorted by length; none (validation skipped) without ``val_file`` or ``val_fraction``."""

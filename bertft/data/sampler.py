@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Sampler
 
 
@@ -32,19 +31,23 @@ def check_sharding(trainer: Any) -> None:
         )
 
 
-def warn_if_limited(trainer: Any, split: str, batches: int) -> None:
-    """Warns that ``limit_{val,test}_batches`` evaluates the longest texts of a split, not a sample of it."""
-    # Evaluation is sorted longest first, so `limit_val_batches: 30` is not a sample of the split but its 30 batches
-    # of longest texts: a biased metric (a sweep's comparison on it included), which nothing else would reveal.
+#: The seed of the sample a limited evaluation draws: one constant, so every run, seed and sweep trial is scored on the
+#: same examples (a paired comparison), whatever its training seed.
+EVAL_SAMPLE_SEED = 0
+
+
+def evaluated_examples(trainer: Any, split: str, batches: int, batch_size: int) -> int | None:
+    """How many examples of this rank's ``batches`` Lightning evaluates under ``limit_{val,test}_batches``.
+
+    ``None`` when the limit keeps every batch (no limit, ``1.0``, ``0`` or at least as many batches as there are), so
+    the caller can leave the order alone. Mirrors Lightning's own rule: an int caps the batches, a float keeps
+    ``int(batches * limit)``.
+    """
     limit = getattr(trainer, f"limit_{split}_batches", None) if split in ("val", "test") else None
-    if isinstance(limit, bool) or not isinstance(limit, int | float) or limit == 0:
-        return
-    if (isinstance(limit, int) and limit < batches) or (isinstance(limit, float) and limit < 1.0):
-        rank_zero_warn(
-            f"trainer.limit_{split}_batches={limit}: {split} batches are sorted by length, longest first, so the"
-            f" {split} metrics come from the longest texts only, not a sample of the split; for a representative"
-            f" subset, give a smaller {split}_file{' or data.val_fraction' if split == 'val' else ''}"
-        )
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0:
+        return None
+    kept = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    return kept * batch_size if 0 < kept < batches else None
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
@@ -200,11 +203,18 @@ class LengthSortedSampler(Sampler[int]):
     With ``groups`` (the text each window of a long text comes from), whole groups are shared out instead: every
     window of a text lands on one rank, where the model merges them into the text's prediction.
 
+    With ``sample`` (what ``limit_val_batches`` / ``limit_test_batches`` keep, see :func:`evaluated_examples`), a fixed
+    random sample of that many examples over all ranks, drawn with :data:`EVAL_SAMPLE_SEED`, comes first (itself longest
+    first) and the rest after it. Lightning evaluates the first batches only, so a limited evaluation is an unbiased
+    estimate on the same rows every time, not the split's longest texts; the loader's length does not change, so
+    Lightning's own count of the batches to keep is unchanged too.
+
     Args:
         lengths: Token count of each example.
         num_replicas: World size; default: from ``torch.distributed`` if initialised, else 1.
         rank: This process's rank; default: from ``torch.distributed`` if initialised, else 0.
         groups: Optional group of each example (its text's ``row``); a group's examples stay on one rank.
+        sample: Examples, over all ranks, to draw at random and put first; ``None``: the length order only.
     """
 
     def __init__(
@@ -213,6 +223,7 @@ class LengthSortedSampler(Sampler[int]):
         num_replicas: int | None = None,
         rank: int | None = None,
         groups: Sequence[int] | None = None,
+        sample: int | None = None,
     ) -> None:
         default_rank, default_size = distributed_rank_and_size()
         self.num_replicas = default_size if num_replicas is None else num_replicas
@@ -227,15 +238,34 @@ class LengthSortedSampler(Sampler[int]):
                 f"{len(members)} examples cannot be shared among {self.num_replicas} processes: use fewer devices "
                 "for this split or give it more examples."
             )
-        mine = [i for group in list(members.values())[self.rank :: self.num_replicas] for i in group]
         size_of = sizes.tolist()
-        self.indices: list[int] = sorted(mine, key=lambda i: -size_of[i])  # stable: ties keep their order
+        parts = [list(members.values())] if sample is None else _draw(list(members.values()), sample)
+        shares = [[i for group in part[self.rank :: self.num_replicas] for i in group] for part in parts]
+        #: This rank's examples of the sample (0 without one).
+        self.sampled = len(shares[0]) if sample is not None else 0
+        self.indices: list[int] = [i for share in shares for i in sorted(share, key=lambda i: -size_of[i])]  # stable
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def _draw(groups: list[list[int]], sample: int) -> list[list[list[int]]]:
+    """``groups`` split into a seeded random sample of about ``sample`` examples (whole groups) and the rest.
+
+    Both keep the groups' order (longest first), so sharing them out by rank still gives every rank similar lengths.
+    """
+    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(EVAL_SAMPLE_SEED)).tolist()
+    drawn, taken = set(), 0
+    for g in order:
+        if taken >= sample:
+            break
+        drawn.add(g)
+        taken += len(groups[g])
+    inside = [group for g, group in enumerate(groups) if g in drawn]
+    return [inside, [group for g, group in enumerate(groups) if g not in drawn]]
 
 
 class ResumableDataLoader(DataLoader):
