@@ -5,7 +5,8 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -306,7 +307,7 @@ def adapt_encoder(
         gradient_checkpointing: Recompute activations in the backward pass (non-reentrant).
         dropout: Every dropout probability in the encoder (hidden and attention); ``None`` keeps the checkpoint's.
         freeze_embeddings: Freeze the embedding layer (its LayerNorm too).
-        freeze: Freeze the whole encoder and keep it in eval mode.
+        freeze: Freeze the whole encoder (run it under :func:`as_features`, which turns its dropout off).
 
     Raises:
         ValueError: ``gradient_checkpointing`` on an encoder transformers does not implement it for.
@@ -332,7 +333,6 @@ def adapt_encoder(
             layer.bertft_encoder_layer = True
     if freeze:
         set_requires_grad(encoder, False)
-        encoder.eval()
 
 
 def set_requires_grad(module: nn.Module, flag: bool) -> None:
@@ -341,6 +341,22 @@ def set_requires_grad(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def no_grad_if(flag: bool) -> Any:
-    """``torch.no_grad()`` when ``flag`` is set, else a context that does nothing."""
-    return torch.no_grad() if flag else nullcontext()
+@contextmanager
+def as_features(encoder: nn.Module, frozen: bool) -> Iterator[None]:
+    """Runs a frozen encoder as a fixed feature extractor: no gradients, and eval mode (dropout off) for the call only.
+
+    Only for the call, so that between calls its modules' ``training`` flags follow the model's as Lightning expects
+    (a module left in eval mode makes Lightning warn at the start of every fit). Dropout is the one thing eval mode
+    changes in these encoders, in every family's own way (modules, functional attention dropout), so the mode is the
+    safe switch, not dropout probabilities. Without ``frozen``: nothing changes.
+    """
+    if not frozen:
+        yield
+        return
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        encoder.train(was_training)

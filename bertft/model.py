@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 
 from bertft import tasks
 from bertft.adapters import PeftSettings, count_parameters, frozen_state_keys, settings_from, wrap_encoder
-from bertft.encoder import EncoderOutput, adapt_encoder, forward_arguments, load_encoder, no_grad_if, run_encoder
+from bertft.encoder import EncoderOutput, adapt_encoder, as_features, forward_arguments, load_encoder, run_encoder
 from bertft.heads import Head, MeanHead
 from bertft.optim import Schedule, check_layer_lr_decay, make_optimizer, parameter_groups, warmup_then_decay
 from bertft.tasks import Task
@@ -65,8 +65,8 @@ class FineTuner(L.LightningModule):
         betas: AdamW betas.
         eps: AdamW epsilon.
         fused: Use the fused AdamW kernel; ``null`` picks it wherever the device supports it.
-        freeze_encoder: Train only the head (linear probing); the encoder's weights stay bit-identical and it runs in
-            eval mode without building a graph.
+        freeze_encoder: Train only the head (linear probing); the encoder's weights stay bit-identical and it runs
+            without dropout and without building a graph (:func:`~bertft.encoder.as_features`).
         gradient_checkpointing: Recompute activations in the backward pass to save memory (refused on encoders for
             which transformers does not implement it, such as ALBERT).
         output_attentions: Load the encoder with eager attention so :meth:`encode` can return attention maps.
@@ -200,13 +200,6 @@ class FineTuner(L.LightningModule):
         """The validation metric that selects the best checkpoint (higher is better)."""
         return "val/" + tasks.PRIMARY_METRIC[self.task]
 
-    def train(self, mode: bool = True) -> FineTuner:
-        """Sets training mode, keeping a frozen encoder in eval mode (its dropout off: fixed features)."""
-        super().train(mode)
-        if self.hparams["freeze_encoder"]:
-            self.encoder.eval()
-        return self
-
     # --- forward ---------------------------------------------------------------------------------------------------
 
     def encode(self, batch: dict[str, Tensor], attentions: bool = False, hidden_states: bool = False) -> EncoderOutput:
@@ -233,7 +226,7 @@ class FineTuner(L.LightningModule):
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Returns the head's logits for a tokenised batch."""
-        with no_grad_if(self.hparams["freeze_encoder"]):
+        with as_features(self.encoder, self.hparams["freeze_encoder"]):  # fixed features: no grad, no dropout
             outputs = run_encoder(
                 self.encoder,
                 batch,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -79,7 +80,30 @@ def test_frozen_encoder_does_not_move_and_the_head_does(tiny_bert_dir: Path) -> 
     for k, v in model.encoder.state_dict().items():
         assert torch.equal(v, encoder_before[k]), k
     assert not torch.equal(model.head.state_dict()["mix.layer_logits"], head_before["mix.layer_logits"])
-    assert not model.encoder.training  # frozen features: no dropout
+
+
+def test_a_frozen_encoder_gives_fixed_features_and_leaves_no_module_in_eval_mode(tiny_bert_dir: Path) -> None:
+    """Frozen: no dropout in its forward pass, yet its modules train as the model does, so Lightning has nothing to
+    warn about ("modules in eval mode at the start of training", on every linear probe before)."""
+    model = FineTuner(str(tiny_bert_dir), freeze_encoder=True, encoder_dropout=0.5).train()
+    features: list[torch.Tensor] = []
+    model.encoder.register_forward_hook(lambda module, args, out: features.append(out.last_hidden_state))
+    batch = next(iter(make_batches(tiny_bert_dir, sst2_rows("train", 8, label=int))))
+    batch.pop("labels")
+    model(batch)
+    model(batch)
+    assert torch.equal(features[0], features[1])  # dropout 0.5 would make them differ in training mode
+    assert not features[0].requires_grad
+    assert all(module.training for module in model.modules())  # only for the call: the flags follow the model
+    unfrozen = FineTuner(str(tiny_bert_dir), encoder_dropout=0.5).train()
+    unfrozen.encoder.register_forward_hook(lambda module, args, out: features.append(out.last_hidden_state))
+    unfrozen(batch)
+    unfrozen(batch)
+    assert not torch.equal(features[2], features[3])  # why the test above can fail
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(model, make_batches(tiny_bert_dir, sst2_rows("train", 16, label=int)), steps=2)
+    assert not [w for w in caught if "eval mode" in str(w.message)]
 
 
 def test_frozen_embeddings_do_not_move_and_carry_no_optimiser_state(tiny_bert_dir: Path) -> None:
