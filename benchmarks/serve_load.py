@@ -112,6 +112,7 @@ async def closed_loop(url: str, bodies: list[dict], clients: int, seconds: float
     """``clients`` clients each sending its next request when the last one is answered, for ``seconds``."""
     latencies: list[float] = []
     statuses: Counter = Counter()
+    errors: Counter = Counter()  # what a status 0 was: the client's exception
     bad_ok = Counter()
     rng = random.Random(0)
     deadline = time.monotonic() + seconds
@@ -128,8 +129,9 @@ async def closed_loop(url: str, bodies: list[dict], clients: int, seconds: float
                 start = time.perf_counter()
                 try:
                     status = (await client.post(f"{url}/predict", json=body)).status_code
-                except httpx.HTTPError:
+                except httpx.HTTPError as err:
                     status = 0
+                    errors[type(err).__name__] += 1
                 if bad:
                     bad_ok[status] += 1
                     continue
@@ -140,6 +142,8 @@ async def closed_loop(url: str, bodies: list[dict], clients: int, seconds: float
         started = time.monotonic()
         await asyncio.gather(*(worker(k) for k in range(clients)))
     result = summarize(latencies, statuses, time.monotonic() - started)
+    if errors:
+        result["client_errors"] = dict(errors)
     if malformed:
         result["malformed_statuses"] = dict(sorted((str(k), v) for k, v in bad_ok.items()))
     return result
@@ -149,6 +153,7 @@ async def open_loop(url: str, bodies: list[dict], rate: float, seconds: float) -
     """Poisson arrivals at ``rate`` requests per second for ``seconds``, whatever the answers' pace."""
     latencies: list[float] = []
     statuses: Counter = Counter()
+    errors: Counter = Counter()
     rng = random.Random(1)
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=2000)) as client:
 
@@ -158,8 +163,9 @@ async def open_loop(url: str, bodies: list[dict], rate: float, seconds: float) -
                 status = (await client.post(f"{url}/predict", json=body)).status_code
             except httpx.TimeoutException:
                 status = -1  # timed out: must never happen to an admitted request
-            except httpx.HTTPError:
+            except httpx.HTTPError as err:
                 status = 0
+                errors[type(err).__name__] += 1
             statuses[status] += 1
             if status == 200:
                 latencies.append(time.perf_counter() - start)
@@ -171,6 +177,8 @@ async def open_loop(url: str, bodies: list[dict], rate: float, seconds: float) -
             await asyncio.sleep(rng.expovariate(rate))
         await asyncio.gather(*tasks)
     result = summarize(latencies, statuses, time.monotonic() - started)
+    if errors:
+        result["client_errors"] = dict(errors)
     result["offered_rate"] = round(rate, 2)
     return result
 
@@ -213,20 +221,67 @@ def baseline_app(folder: str) -> Any:
     return app
 
 
-def run_phases(url: str, short: list[dict], long: list[dict], args: argparse.Namespace, full: bool) -> dict:
+def session_processes(sid: int) -> dict[int, tuple[float, int]]:
+    """``{pid: (CPU seconds so far, resident bytes)}`` of each process in session ``sid`` (a server, its children)."""
+    tick, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[3]) == sid:  # fields from the state on: ppid, pgrp, session, ..., utime 11, stime 12, rss 21
+            found[int(entry.name)] = ((int(fields[11]) + int(fields[12])) / tick, int(fields[21]) * page)
+    return found
+
+
+def cpu_profile(sid: int, before: dict[int, tuple[float, int]], client_s: float, result: dict) -> dict[str, Any]:
+    """Where a phase's CPU went: the load generator (this process), the server's main process, the process holding
+    the model (the largest resident one besides the main) and the server's other processes (HTTP, queue)."""
+    after = session_processes(sid)
+    spent = {pid: cpu - before.get(pid, (0.0, 0))[0] for pid, (cpu, _) in after.items()}
+    others = [pid for pid in after if pid != sid]
+    model = max(others, key=lambda pid: after[pid][1], default=None)
+    cpu = {
+        "client": client_s,
+        "server_main": spent.get(sid, 0.0),
+        "model_worker": spent.get(model, 0.0) if model is not None else 0.0,
+        "server_other": sum(spent[pid] for pid in others if pid != model),
+    }
+    return {
+        "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+        "cores_busy": round(sum(cpu.values()) / result["seconds"], 2),
+        "cpu_ms_per_ok_request": {k: round(1000 * v / max(result["ok"], 1), 2) for k, v in cpu.items()},
+    }
+
+
+def run_phases(
+    url: str, sid: int, short: list[dict], long: list[dict], args: argparse.Namespace, full: bool
+) -> dict[str, Any]:
+    """Every load phase against one running server; each phase also says where its CPU went."""
     phases: dict[str, Any] = {}
+
+    def run(name: str, phase: Any) -> dict[str, Any]:
+        before, client = session_processes(sid), time.process_time()
+        result = asyncio.run(phase)
+        result.update(cpu_profile(sid, before, time.process_time() - client, result))
+        phases[name] = result
+        return result
+
     n_lat = 30 if args.quick else 300
-    phases["latency_short"] = asyncio.run(closed_loop(url, short, 1, 600, requests=n_lat))
-    phases["latency_long"] = asyncio.run(closed_loop(url, long, 1, 600, requests=n_lat // 3))
-    phases["closed_16"] = asyncio.run(closed_loop(url, short, 16, args.seconds))
+    run("latency_short", closed_loop(url, short, 1, 600, requests=n_lat))
+    run("latency_long", closed_loop(url, long, 1, 600, requests=n_lat // 3))
+    run("closed_16", closed_loop(url, short, 16, args.seconds))
     if not full:
         return phases
-    phases["closed_64"] = asyncio.run(closed_loop(url, short, 64, args.seconds))
-    phases["closed_16_long"] = asyncio.run(closed_loop(url, long, 16, args.seconds))
+    run("closed_64", closed_loop(url, short, 64, args.seconds))
+    run("closed_16_long", closed_loop(url, long, 16, args.seconds))
     capacity = max(phases["closed_16"]["throughput"], phases["closed_64"]["throughput"])
-    phases["open_half_capacity"] = asyncio.run(open_loop(url, short, capacity / 2, args.seconds))
-    phases["open_twice_capacity"] = asyncio.run(open_loop(url, short, capacity * 2, args.seconds))
-    phases["malformed_5pct"] = asyncio.run(closed_loop(url, short, 16, args.seconds, malformed=0.05))
+    run("open_half_capacity", open_loop(url, short, capacity / 2, args.seconds))
+    run("open_twice_capacity", open_loop(url, short, capacity * 2, args.seconds))
+    run("malformed_5pct", closed_loop(url, short, 16, args.seconds, malformed=0.05))
     return phases
 
 
@@ -264,15 +319,15 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             argv = [sys.executable, "-m", "bertft", "serve", folder, "--port", str(port), "--backend", backend,
                     "--max_concurrent_requests", str(args.max_concurrent_requests)]  # fmt: skip
-            with process(argv, url):
-                results["serve"][backend] = run_phases(url, short, long, args, full=not args.quick)
+            with process(argv, url) as server:
+                results["serve"][backend] = run_phases(url, server.pid, short, long, args, full=not args.quick)
             n = 128 if args.quick else 872
             results["serve"][backend]["offline_predictor"] = offline(folder, backend, short_texts[:n], args.seconds)
             print(json.dumps({backend: results["serve"][backend]}, indent=1), flush=True)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        with process([sys.executable, __file__, "--baseline_server", folder, str(port)], url):
-            results["baseline"] = run_phases(url, short, long, args, full=False)
+        with process([sys.executable, __file__, "--baseline_server", folder, str(port)], url) as server:
+            results["baseline"] = run_phases(url, server.pid, short, long, args, full=False)
         print(json.dumps({"baseline": results["baseline"]}, indent=1), flush=True)
     results["ratios"] = ratios(results)
     write(results, Path(args.out))
