@@ -293,6 +293,7 @@ def main() -> None:
     parser.add_argument("--max_concurrent_requests", type=int, default=128, help="The server's 429 limit.")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "serve_load"), help="Output path, no suffix.")
     parser.add_argument("--quick", action="store_true", help="Short phases, torch only: checks that it all runs.")
+    parser.add_argument("--serve_args", default="", help="More bertft serve options, e.g. '--workers 2 --threads 1'.")
     parser.add_argument("--baseline_server", nargs=2, metavar=("FOLDER", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:  # the baseline, in a process of its own
@@ -313,12 +314,14 @@ def main() -> None:
         long_list = long_texts(short_texts, tokenizer, n=20 if args.quick else 200)
         short, long = [{"inputs": t} for t in short_texts], [{"inputs": t} for t in long_list]
         results: dict[str, Any] = {"folder": args.folder or "packaged MiniLM + PoolerHead", "cpus": os.cpu_count(),
-                                   "seconds_per_phase": args.seconds, "serve": {}}  # fmt: skip
+                                   "seconds_per_phase": args.seconds, "serve_args": args.serve_args,
+                                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "serve": {}}  # fmt: skip
         for backend in args.backends.split(","):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             argv = [sys.executable, "-m", "bertft", "serve", folder, "--port", str(port), "--backend", backend,
-                    "--max_concurrent_requests", str(args.max_concurrent_requests)]  # fmt: skip
+                    "--max_concurrent_requests", str(args.max_concurrent_requests),
+                    *args.serve_args.split()]  # fmt: skip
             with process(argv, url) as server:
                 results["serve"][backend] = run_phases(url, server.pid, short, long, args, full=not args.quick)
             n = 128 if args.quick else 872

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,10 +70,17 @@ def plot_intervals(
         jitter = [x + 0.12 + 0.04 * (i % 3) for i in range(len(values))]
         ax.scatter(jitter, values, s=14, color="0.35", zorder=2)
     ax.set_xticks(range(len(columns)))
-    ax.set_xticklabels([column[2] for column in columns], fontsize=7)
+    ax.set_xticklabels([_wrap(column[2]) for column in columns], fontsize=7)
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _wrap(text: str, width: int = 26) -> str:
+    """A tick label in lines of about ``width`` characters, so that long values (a peft dict) do not overlap."""
+    return "\n".join(
+        wrapped for line in text.split("\n") for wrapped in textwrap.wrap(line, width, break_long_words=False) or [""]
+    )
