@@ -199,10 +199,6 @@ def test_sigterm_under_load_drains_and_leaves_no_process_and_a_free_port(tiny_fo
         idle_before = cpu_seconds(pids)
         time.sleep(3)
         assert (cpu_seconds(pids) - idle_before) / 3 < 0.05  # idle: under 5% of a core, all processes together
-        spawned = [pid for pid in pids if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-        assert spawned  # the inference worker: its OpenMP threads sleep between batches instead of spinning
-        for pid in spawned:
-            assert b"OMP_WAIT_POLICY=PASSIVE" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
 
         stop, statuses = threading.Event(), []
         body = {"inputs": [["a fine, gripping film"]] * 4}

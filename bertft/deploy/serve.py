@@ -406,10 +406,6 @@ def main(argv: list[str] | None = None) -> None:
     key_file = args.pop("api_key_file")
     settings = Settings(**args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the HTTP process is forked after tokenizing
-    # OpenMP threads (torch's intra-op pool) busy-wait after each parallel region by default. Measured on 2 cores, one
-    # text every 5 ms: twice the CPU of the forward passes themselves, taken from the HTTP process on the same cores.
-    # Inference workers are spawned, so they read this at start; OMP_WAIT_POLICY=ACTIVE in the environment wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with tempfile.TemporaryDirectory(prefix="bertft-serve-") as tmp:
         try:
             key = read_key(key_file)
