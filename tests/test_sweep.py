@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from bertft.cli import main
+from bertft.sweep.study import is_confirmation
 
 from .helpers import ROOT, run_bertft, sst2_rows, write_tsv
 
@@ -80,16 +81,24 @@ def attempts(folder: Path) -> int:
 
 @pytest.mark.slow
 def test_grid_over_seeds_two_workers_on_one_sqlite(tmp_path: Path, base_config: Path) -> None:
-    """2 points x 2 seeds, started as two processes on one storage: every (point, seed) runs exactly once."""
+    """2 points x 2 seeds, started as two processes on one storage: every (point, seed) runs exactly once.
+
+    Both processes then confirm the best point on 2 new seeds (each confirmation trial runs once), each deleting the
+    checkpoints the default ``keep_checkpoints: best`` no longer needs; the same command again reruns nothing and
+    ``--test_best`` tests the best point from the checkpoints that were kept.
+    """
     path = write_sweep(tmp_path, base_config, space={"model.lr": [1.0e-3, 1.0e-4]}, seeds=[1, 2])
     with ThreadPoolExecutor(2) as pool:
-        outputs = [result.stdout for result in pool.map(lambda _: sweep(path), range(2))]
+        outputs = [result.stdout for result in pool.map(lambda _: sweep(path, "--confirm", "2"), range(2))]
     assert "(point 1, seed 1): val/acc" in "".join(outputs)
+    assert re.search(r"\(point \d, seed \d\): val/acc [\d.]+ in [^;]+; disk \d[\d.]* [kMG]?B", "".join(outputs))
 
     out = tmp_path / "sweep"
     study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'sweep.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert sorted((t.user_attrs["point"], t.user_attrs["seed"]) for t in done) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    search = [t for t in done if not is_confirmation(t)]
+    assert sorted((t.user_attrs["point"], t.user_attrs["seed"]) for t in search) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert len(done) == 6  # and the two confirmation trials, each once (a duplicate is failed, not run)
 
     main(["sweep", "--report", str(out), "--compare", "model.lr"])  # as of now, whichever process finished last
     trials = read_csv(out / "trials.csv")
@@ -105,7 +114,6 @@ def test_grid_over_seeds_two_workers_on_one_sqlite(tmp_path: Path, base_config: 
         data = config["data"].get("init_args", config["data"])
         assert config["seed_everything"] == data["seed"] == int(row["seed"]), "the seed also sets the data order"
         assert (run / "metrics.csv").is_file()
-        assert list((run / "checkpoints").glob("best-*.ckpt")), "each trial keeps its best checkpoint"
         assert "test/" not in (run / "metrics.csv").read_text(), "the search never touches the test split"
 
     summary = read_csv(out / "summary.csv")
@@ -120,6 +128,31 @@ def test_grid_over_seeds_two_workers_on_one_sqlite(tmp_path: Path, base_config: 
     assert (out / "summary.png").stat().st_size > 1000
     assert "| rank | lr | point |" in (out / "compare.md").read_text()
 
+    # --confirm: the best point on seeds 3 and 4, after the search's largest seed, each run once, out of the ranking
+    best = next(r["point"] for r in summary if r["best"] == "true")
+    assert f"confirm: point {best} (lr=" in "".join(outputs)
+    assert "on 2 new seeds 3, 4, after the search's largest seed 2" in "".join(outputs)
+    confirmed = read_csv(out / "confirm.csv")
+    assert [(r["point"], r["n"], r["seeds"], r["search_seeds"]) for r in confirmed] == [(best, "2", "3 4", "1 2")]
+    for seed in (3, 4):
+        assert attempts(out / "trials" / f"confirm-point{best}-seed{seed}") == 1
+    assert "## Confirmation on new seeds" in (out / "summary.md").read_text()
+    assert "Each value's chosen point of `model.lr`, rerun on seeds 3, 4" in (out / "compare.md").read_text()
+
+    # keep_checkpoints: best. What remains is exactly what --test_best reads: the best point's best checkpoints.
+    def kept() -> set[Path]:
+        return {p.resolve() for p in (out / "trials").rglob("*.ckpt")}
+
+    read = {Path(r["folder"]) for r in trials if r["point"] == best}
+    assert kept() == {next((f / "csv" / "version_0" / "checkpoints").glob("best-*.ckpt")).resolve() for f in read}
+    again = sweep(path, "--confirm", "2", "--test_best")  # finished: nothing runs again, the best point is tested
+    for folder in [*(Path(r["folder"]) for r in trials), *(out / "trials").glob("confirm-*")]:
+        assert attempts(folder) == 1
+    tested = read_csv(out / "test_best.csv")
+    assert sorted(r["seed"] for r in tested) == ["1", "2"]
+    assert {Path(r["checkpoint"]).resolve() for r in tested} == kept()
+    assert f"confirmed, point {best} (lr=" in again.stdout
+
 
 @pytest.mark.slow
 def test_sigkill_then_resume_runs_no_finished_trial_twice(tmp_path: Path, base_config: Path) -> None:
@@ -130,11 +163,12 @@ def test_sigkill_then_resume_runs_no_finished_trial_twice(tmp_path: Path, base_c
     running: list[optuna.trial.FrozenTrial] = []
 
     def kill_during_the_second_trial(proc: subprocess.Popen) -> None:
-        second = out / "trials" / "point1-seed1" / "trial.log"  # one worker: started once the first finished
-        while not second.is_file():
+        # One worker: the second trial starts once the first finished. Its logger's folder appears once its fit runs,
+        # past the imports (seconds to minutes on a loaded machine) after which it dies with the sweep.
+        second = out / "trials" / "point1-seed1" / "csv"
+        while not second.is_dir():
             assert proc.poll() is None, "the sweep ended before its second trial"
             time.sleep(0.2)
-        time.sleep(2)
         running.extend(
             optuna.load_study(study_name="sweep", storage=storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
         )
@@ -161,6 +195,10 @@ def test_sigkill_then_resume_runs_no_finished_trial_twice(tmp_path: Path, base_c
     assert attempts(out / "trials" / "point1-seed1") == 2  # interrupted, then run again
     states = sorted(r["state"] for r in read_csv(out / "trials.csv"))
     assert states == ["finished", "finished", "interrupted"]
+    # The one point is the best: each seed keeps the best checkpoint --test_best reads; last.ckpt went once finished.
+    left = sorted(p.relative_to(out / "trials") for p in (out / "trials").rglob("*.ckpt"))
+    assert [(p.parts[0], p.name.startswith("best-")) for p in left] == [("point1-seed0", True), ("point1-seed1", True)]
+    assert {str(out / "trials" / p) for p in left} == {t.user_attrs["best_model_path"] for t in done}
 
 
 def _state(pid: int) -> str:
@@ -204,6 +242,8 @@ def test_invalid_value_fails_and_the_sweep_goes_on(tmp_path: Path, base_config: 
         ({"space": {"model.lr": {"low": 1.0e-3, "high": 1.0e-5}}, "sampler": "tpe"}, "low 0.001 is greater than high"),
         ({"space": {"model.lr": [1.0e-4]}, "metric": "val/accuracy"}, "did you mean 'val/acc'"),
         ({"space": {"model.lr": [1.0e-4]}, "compare": "model.lrr"}, "compare: 'model.lrr' is not a key of space"),
+        ({"space": {"model.lr": [1.0e-4]}, "keep_checkpoints": "last"}, "keep_checkpoints: 'last' is not one of best"),
+        ({"space": {"model.lr": [1.0e-4]}, "confirm": 0}, "confirm: 0 is not a positive number of new seeds"),
     ],
 )
 def test_bad_sweep_file_one_line_no_trial(
@@ -218,6 +258,50 @@ def test_bad_sweep_file_one_line_no_trial(
     assert err.startswith("bertft sweep: error: sweep file")
     assert message in err
     assert not (tmp_path / "sweep").exists(), "nothing may start before the sweep file is checked"
+
+
+def test_test_best_needs_checkpoints_kept(tmp_path: Path, base_config: Path, capsys) -> None:
+    path = write_sweep(tmp_path, base_config, space={"model.lr": [1.0e-4]}, keep_checkpoints="none")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--config", str(path), "--test_best"])
+    assert exit_info.value.code == 2
+    assert "sets keep_checkpoints: none (no checkpoint survives a finished trial): set keep_checkpoints: best" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_full_disk_fails_the_trial_before_it_starts_and_stops_the_sweep(
+    tmp_path: Path, base_config: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No room for a trial: it is recorded as failed with the reason, nothing starts, and a resume runs it again."""
+    from bertft.sweep import disk
+    from bertft.sweep import study as studies
+    from bertft.sweep.spec import load_spec
+
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: 300_000_000)
+    path = write_sweep(tmp_path, base_config, space={"model.lr": [1.0e-3, 1.0e-4]}, seeds=[0, 1])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--config", str(path)])
+    assert exit_info.value.code == 1
+    out = tmp_path / "sweep"
+    reason = (
+        f"not enough disk: 300 MB free under {out}, a trial needs about 1 GB; free space or set keep_checkpoints: none"
+    )
+    stdout = capsys.readouterr().out
+    assert f"trial (point 1, seed 0): failed: {reason}; no further trial starts" in stdout
+    assert "sweep stopped, no further trial started" in stdout
+    rows = read_csv(out / "trials.csv")
+    assert [(r["point"], r["seed"], r["state"], r["error"]) for r in rows[:1]] == [("1", "0", "failed", reason)]
+    assert [r["state"] for r in rows[1:]] == ["waiting"] * 3
+    assert not (out / "trials").exists(), "no trial started"
+    assert reason in (out / "summary.md").read_text()
+
+    spec = load_spec(path)  # what a resumed sweep does first: the trial that found no room waits again
+    study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+    studies.enqueue_missing(study, spec)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted((t.user_attrs["point"], t.user_attrs["seed"]) for t in waiting) == [(1, 0), (1, 1), (2, 0), (2, 1)]
 
 
 @pytest.mark.parametrize(

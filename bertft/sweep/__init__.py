@@ -9,7 +9,9 @@ private state), :mod:`~bertft.sweep.runner` (workers and trial subprocesses), :m
 callback inside a trial, and the one builder of a trial's command), :mod:`~bertft.sweep.stats` (seed statistics),
 :mod:`~bertft.sweep.points` (results per point), :mod:`~bertft.sweep.report` (trials.csv, summary.csv/.md/.png),
 :mod:`~bertft.sweep.compare` (compare.csv/.md/.png), :mod:`~bertft.sweep.tables` (the CSV, Markdown and plot both
-write), :mod:`~bertft.sweep.command` (the CLI).
+write), :mod:`~bertft.sweep.checkpoints` (which checkpoints finished trials keep), :mod:`~bertft.sweep.disk` (the
+disk in use and the free-space check), :mod:`~bertft.sweep.confirm` (the chosen points on new seeds),
+:mod:`~bertft.sweep.command` (the CLI).
 """
 
 from bertft.sweep.spec import SweepError, SweepSpec, load_spec

@@ -51,6 +51,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--workers", type=int, help="parallel trials on this machine (overrides the file's workers)")
     parser.add_argument("--test_best", action="store_true", help="after the search, test the best point's checkpoints")
+    parser.add_argument(
+        "--confirm",
+        type=int,
+        metavar="K",
+        help="after the search, rerun the chosen point (with compare: each value's) on K new seeds the search never "
+        "used, reported beside the search's figures (overrides the file's confirm)",
+    )
     args = parser.parse_args(sys.argv[2:] if argv is None else argv)
     if bool(args.config) == bool(args.report):
         parser.error("give --config sweep.yaml to run a sweep, or --report <sweep folder> to rebuild its report")
@@ -67,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
             if args.workers < 1:
                 raise SweepError(f"--workers {args.workers}: give a positive number")
             spec.workers = args.workers
+        if args.confirm is not None:
+            if args.confirm < 1:
+                raise SweepError(f"--confirm {args.confirm}: give a positive number of new seeds")
+            spec.confirm = args.confirm
         from bertft.sweep.validate import check_spec
 
         check_spec(spec)
@@ -75,6 +86,11 @@ def main(argv: list[str] | None = None) -> None:
         check_driver(spec.storage_url)  # a missing database driver: one line now, not a traceback mid-sweep
         if args.test_best and not spec.test_file:
             raise SweepError(f"--test_best: the run's config in {spec.path} names no data.test_file to test on")
+        if args.test_best and spec.keep_checkpoints == "none":
+            raise SweepError(
+                f"--test_best tests the best point's checkpoints, and {spec.path} sets keep_checkpoints: none (no "
+                "checkpoint survives a finished trial): set keep_checkpoints: best (the default) or all"
+            )
     except SweepError as err:
         sys.stderr.write(f"bertft sweep: error: {err}\n")
         sys.exit(2)
@@ -116,9 +132,17 @@ def run(spec: SweepSpec, test_best: bool = False) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if sweep.halted:
+        print(
+            f"sweep stopped, no further trial started: {sweep.halted}; then run the same command to resume (the "
+            f"trial that found no room runs then). Report: {spec.output_dir / 'summary.md'}"
+        )
+        return 1
     if sweep.stop.is_set() and not sweep.finished:
         print(f"sweep stopped; run the same command to resume. Report: {spec.output_dir / 'summary.md'}")
         return 130
+    if spec.confirm:
+        _print_confirmation(spec, study)
     if test_best:
         _test_best(spec, study)
         write_report(study, spec.output_dir, spec.metric, str(spec.direction), compare=spec.compare)
@@ -155,7 +179,11 @@ def report(folder: Path, compare: str | None = None, with_files: list[Path] | No
 
         trials = merge(studies.sweep_trials(study), with_files or [], record["metric"])
         if with_files:  # compare.* again, with the earlier sweeps' trials
-            write_comparison(trials, compare, record["metric"], record["direction"], folder)
+            from bertft.sweep.confirm import compare_notes, confirmation_trials, figures
+
+            confirmed = figures(studies.sweep_trials(study), confirmation_trials(study))
+            notes = compare_notes(trials, confirmed, compare, record["direction"], record["metric"])
+            write_comparison(trials, compare, record["metric"], record["direction"], folder, notes=notes)
         print(f"compare: {folder / 'compare.md'}\n" + comparison_text(trials, compare, record["direction"]), end="")
 
 
@@ -209,3 +237,21 @@ def _test_best(spec: SweepSpec, study: Any) -> None:
         s = summarize([r[name] for r in rows if name in r])
         spread = f" ± {s.sd:.4f}" if not math.isnan(s.sd) else ""
         print(f"test, best point {best} ({point_label(params)}): {name} {s.mean:.4f}{spread} over {s.n} seed(s)")
+
+
+def _print_confirmation(spec: SweepSpec, study: Any) -> None:
+    """One line per confirmed point: its figures on the new seeds beside the search's."""
+    from bertft.sweep import study as studies
+    from bertft.sweep.confirm import confirmation_trials, figures
+    from bertft.sweep.points import point_label
+
+    for row in figures(studies.sweep_trials(study), confirmation_trials(study)):
+        s, before = row["summary"], row["search"]
+        spread = f" ± {s.sd:.4f}, 95% CI [{s.ci_low:.4f}, {s.ci_high:.4f}]" if s.n > 1 else ""
+        line = (
+            f"confirmed, point {row['point']} ({point_label(row['params'])}): {spec.metric} {s.mean:.4f}{spread} "
+            f"over {s.n} new seed(s) ({', '.join(map(str, row['seeds']))})"
+        )
+        if before is not None:
+            line += f"; the search: {before.mean:.4f} over {before.n} seed(s)"
+        print(line)

@@ -117,9 +117,19 @@ def _group(params: dict[str, Any], key: str) -> str:
 
 
 def write_comparison(
-    trials: Sequence[FrozenTrial], key: str, metric: str, direction: str, folder: Path, plot: bool = True
+    trials: Sequence[FrozenTrial],
+    key: str,
+    metric: str,
+    direction: str,
+    folder: Path,
+    plot: bool = True,
+    notes: Sequence[str] = (),
 ) -> None:
-    """Writes ``compare.csv``, ``compare.md`` and (with ``plot``) ``compare.png`` for ``key`` into ``folder``."""
+    """Writes ``compare.csv``, ``compare.md`` and (with ``plot``) ``compare.png`` for ``key`` into ``folder``.
+
+    ``notes`` are Markdown lines appended to ``compare.md`` (the chosen points' ``--confirm`` figures,
+    :func:`bertft.sweep.confirm.compare_notes`).
+    """
     entries, pairs = compare(trials, key, direction)
     if not entries:
         return
@@ -143,7 +153,7 @@ def write_comparison(
     ]
     atomic_write_text(folder / "compare.csv", csv_text(header, rows))
     markdown = _markdown(entries, pairs, key, metric, direction, other_keys, sources(trials))
-    atomic_write_text(folder / "compare.md", markdown)
+    atomic_write_text(folder / "compare.md", markdown + "".join(f"{line}\n" for line in notes))
     if plot:
         _plot(entries, key, metric, folder / "compare.png")
 

@@ -6,6 +6,8 @@
   min, max; the best point by mean; and, best against each other point, a paired t-test over the seeds both finished.
 * ``summary.png``: each point's mean with its interval, and every seed as a dot.
 * with ``compare``: ``compare.csv/.md/.png`` (:mod:`bertft.sweep.compare`).
+* after ``--confirm``: ``confirm.csv``, and the chosen points' figures on the new seeds in ``summary.md`` and
+  ``compare.md`` (:mod:`bertft.sweep.confirm`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from bertft.io import atomic_write_text
 from bertft.sweep import study as studies
 from bertft.sweep.compare import write_comparison
+from bertft.sweep.confirm import compare_notes, confirm_csv, confirm_markdown, confirmation_trials, figures
 from bertft.sweep.points import ALPHA, edge_notes, point_label, state_name, summarize_points
 from bertft.sweep.spec import label
 from bertft.sweep.stats import Summary
@@ -42,11 +45,18 @@ def write_report(
     atomic_write_text(folder / "trials.csv", _trials_csv(trials, keys, metric))
     rows, best = summarize_points(trials, direction)
     atomic_write_text(folder / "summary.csv", _summary_csv(rows, keys, best))
-    atomic_write_text(folder / "summary.md", _summary_md(study, trials, rows, keys, best, metric, direction, folder))
+    confirmed = figures(trials, confirmation_trials(study))
+    if confirmed:
+        atomic_write_text(folder / "confirm.csv", confirm_csv(confirmed))
+    summary = _summary_md(
+        study, trials, rows, keys, best, metric, direction, folder, confirm_markdown(confirmed, metric)
+    )
+    atomic_write_text(folder / "summary.md", summary)
     if plot and rows:
         _plot(rows, best, metric, folder / "summary.png", study.study_name)
     if compare:
-        write_comparison(trials, compare, metric, direction, folder, plot=plot)
+        notes = compare_notes(trials, confirmed, compare, direction, metric)
+        write_comparison(trials, compare, metric, direction, folder, plot=plot, notes=notes)
 
 
 def _trials_csv(trials: Sequence[FrozenTrial], keys: list[str], metric: str) -> str:
@@ -92,6 +102,7 @@ def _summary_md(
     metric: str,
     direction: str,
     folder: Path,
+    confirmation: list[str],
 ) -> str:
     names = ["finished", "pruned", "failed", "interrupted", "running", "waiting"]
     counts = {name: sum(state_name(t) == name for t in trials) for name in names}
@@ -140,6 +151,7 @@ def _summary_md(
                     f"- point {row['point']}: best − point = {gap:+.4f} over {row['shared_seeds']} seeds, "
                     f"t = {row['t']:.3g}, p = {row['p']:.3g}: {verdict}"
                 )
+    lines += confirmation
     failed = [t for t in trials if state_name(t) == "failed"]
     if failed:
         lines += ["", "Failed trials:", ""]

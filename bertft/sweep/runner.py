@@ -4,6 +4,12 @@ A trial is ``python -m bertft fit --config <the run's configs> --config <trial f
 values, its seed, its folder, no test split) with :class:`~bertft.sweep.trial.SweepTrial` appended to the callbacks;
 ``command.txt`` in the folder re-runs it alone. Each subprocess gets ``cores / workers`` threads. While it runs, the
 worker keeps the trial's heartbeat, enforces ``trial_timeout``, and on Ctrl-C / SIGTERM stops it and enqueues it again.
+
+Before a trial starts, the worker checks that the disk has room for it (:mod:`bertft.sweep.disk`): if not, the trial
+is recorded as failed with the reason (a resumed sweep runs it again) and no further trial starts here. Once a
+trial's result is recorded, the checkpoints the sweep's ``keep_checkpoints`` policy no longer needs are deleted
+(:mod:`bertft.sweep.checkpoints`). With ``confirm``, the workers then run the chosen point(s) on new seeds
+(:mod:`bertft.sweep.confirm`).
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from bertft.sweep import checkpoints, confirm, disk
 from bertft.sweep import study as studies
 from bertft.sweep.points import edge_notes, point_label, summarize_points
 from bertft.sweep.report import write_report
 from bertft.sweep.spec import SweepSpec
-from bertft.sweep.trial import trial_args, trial_process
+from bertft.sweep.trial import trial_args, trial_folder, trial_process
 from bertft.sweep.validate import overlay_yaml
 from bertft.training.faults import find_last_checkpoint
 
@@ -57,34 +64,65 @@ class Sweep:
         )
         self.total = spec.num_points * len(spec.seeds)
         self.finished = False  # every (point, seed) done, rather than stopped
+        self.halted: str | None = None  # why no further trial starts on this machine (the disk is full)
 
     def run(self) -> None:
-        """Runs the workers to the end (or until :attr:`stop` is set), then rewrites the report."""
+        """Runs the workers to the end (or until :attr:`stop` is set), then any confirmation; rewrites the report."""
         studies.recover(self.study)
         studies.enqueue_missing(self.study, self.spec)
-        workers = [
-            threading.Thread(target=self._work, name=f"worker-{i}", daemon=True) for i in range(self.spec.workers)
-        ]
-        for worker in workers:
-            worker.start()
+        self._prune()  # what an earlier run of the same command left (it may have been stopped before pruning)
+        workers: list[threading.Thread] = []
         try:
-            while any(w.is_alive() for w in workers):
-                time.sleep(0.5)
-            self.finished = not self.stop.is_set()
+            workers = self._start_workers()
+            self._join(workers)
+            if self.spec.confirm and not self.stop.is_set() and self.halted is None:
+                self._enqueue_confirmation()
+                workers = self._start_workers()
+                self._join(workers)
+            self.finished = not self.stop.is_set() and self.halted is None
         finally:
             self.stop.set()
             for worker in workers:
                 worker.join()
+            self._prune()
             with self.lock:
                 write_report(
                     self.study, self.spec.output_dir, self.spec.metric, self.spec.direction, compare=self.spec.compare
                 )
 
+    def _start_workers(self) -> list[threading.Thread]:
+        workers = [
+            threading.Thread(target=self._work, name=f"worker-{i}", daemon=True) for i in range(self.spec.workers)
+        ]
+        for worker in workers:
+            worker.start()
+        return workers
+
+    def _join(self, workers: list[threading.Thread]) -> None:
+        while any(w.is_alive() for w in workers):
+            time.sleep(0.5)
+
+    def _enqueue_confirmation(self) -> None:
+        spec = self.spec
+        points, seeds = confirm.enqueue(
+            self.study, spec.seeds, int(spec.confirm or 0), str(spec.direction), spec.compare
+        )
+        for chosen in points:
+            print(
+                f"confirm: point {chosen['point']} ({point_label(chosen['params'])}) on {len(seeds)} new seeds "
+                f"{', '.join(map(str, seeds))}, after the search's largest seed {max(spec.seeds)}",
+                flush=True,
+            )
+
+    def _prune(self) -> None:
+        spec = self.spec
+        checkpoints.prune(self.study, spec.output_dir, spec.seeds, spec.keep_checkpoints, str(spec.direction))
+
     # ----- one worker ------------------------------------------------------------------------------------------------
 
     def _work(self) -> None:
         last_recover = time.monotonic()
-        while not self.stop.is_set():
+        while not self.stop.is_set() and self.halted is None:
             if time.monotonic() - last_recover > studies.HEARTBEAT_INTERVAL:
                 studies.recover(self.study)
                 last_recover = time.monotonic()
@@ -103,6 +141,8 @@ class Sweep:
                     studies.sample_point(self.study, trial, self.spec)
                 if studies.is_duplicate(self.study, trial):
                     continue
+                if self._short_of_disk(trial):
+                    continue
                 self._run_trial(trial)
             except Exception as err:  # the sweep's own failure (storage, disk): record it on the trial, go on
                 message = f"sweep error: {type(err).__name__}: {err}"
@@ -114,11 +154,31 @@ class Sweep:
                     self.stop.set()  # the storage is gone: stop; the same command resumes
                     raise
 
+    def _short_of_disk(self, trial: optuna.Trial) -> bool:
+        """Fails a claimed trial before it starts when the disk lacks room for it, and stops this machine's workers.
+
+        The trial is marked ``retry``: once space is freed, the same command runs it (failed trials are otherwise
+        final).
+        """
+        spec = self.spec
+        need = disk.trial_needs(checkpoints.checkpoint_size(self.study, spec.output_dir))
+        reason = disk.shortage(spec.output_dir, need, spec.workers)
+        if reason is None:
+            return False
+        self.halted = reason
+        where = f"point {trial.user_attrs['point']}, seed {trial.user_attrs['seed']}"
+        print(f"trial ({where}): failed: {reason}; no further trial starts", flush=True)
+        trial.set_user_attr("error", reason)
+        trial.set_user_attr("retry", True)
+        self.study.tell(trial, state=TrialState.FAIL)
+        return True
+
     def _run_trial(self, trial: optuna.Trial) -> None:
         spec = self.spec
         params = studies.suggest(trial, spec)
         point, seed = int(trial.user_attrs["point"]), int(trial.user_attrs["seed"])
-        folder = spec.output_dir / "trials" / f"point{point}-seed{seed}"
+        confirming = studies.is_confirmation(trial)
+        folder = trial_folder(spec.output_dir, point, seed, confirming)
         folder.mkdir(parents=True, exist_ok=True)
         trial.set_user_attr("folder", str(folder))
         result_file = folder / "result.json"
@@ -154,6 +214,7 @@ class Sweep:
         error = outcome or _error_line(folder / "trial.log", proc.returncode)
         if proc.returncode == 0 and (value is None or not math.isfinite(value)):
             error = f"{spec.metric} was never logged with a finite value (is it a metric of this task?)"
+        checkpoints.record_size(trial, folder)  # how much a trial writes, for the disk check once the files are gone
         if error:
             trial.set_user_attr("error", error)
             self.study.tell(trial, state=TrialState.FAIL)
@@ -162,7 +223,8 @@ class Sweep:
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             self.study.tell(trial, value)
-        self._progress(point, seed, value, wall, error, bool(result.get("pruned")))
+        self._prune()  # the result is recorded: what no later step reads can go
+        self._progress(point, seed, value, wall, error, bool(result.get("pruned")), confirming)
 
     def _command(
         self, trial: optuna.Trial, params: dict[str, Any], seed: int, folder: Path, result_file: Path
@@ -192,7 +254,7 @@ class Sweep:
             "point": int(trial.user_attrs["point"]),
             "seed": seed,
         }
-        if spec.pruning:
+        if spec.pruning and not studies.is_confirmation(trial):  # a confirmation runs to the end, as the point did
             trial_id = studies.trial_id(trial)
             callback.update(storage=spec.storage_url, study_name=spec.name, trial_id=trial_id, **spec.pruning)
         resume = "last" if find_last_checkpoint(folder) is not None else None  # an interrupted attempt: continue it
@@ -221,14 +283,30 @@ class Sweep:
                 return f"timed out after {timeout:g} s (trial_timeout)"
 
     def _progress(
-        self, point: int, seed: int, value: float | None, wall: float, error: str | None, pruned: bool
+        self,
+        point: int,
+        seed: int,
+        value: float | None,
+        wall: float,
+        error: str | None,
+        pruned: bool,
+        confirming: bool = False,
     ) -> None:
         spec = self.spec
         with self.lock:
             trials = studies.sweep_trials(self.study)
-            done = len({t.user_attrs["key"] for t in trials if studies.is_active(t) and t.state.is_finished()})
             what = f"failed: {error}" if error else f"{spec.metric} {value:.4g}" + (" (pruned)" if pruned else "")
-            line = f"trial {done}/{self.total} (point {point}, seed {seed}): {what} in {duration(wall)}"
+            used = f"disk {disk.size_text(disk.used_bytes(spec.output_dir))}"  # after this trial's pruning
+            if confirming:
+                confirmed = confirm.confirmation_trials(self.study)
+                done = len({t.user_attrs["key"] for t in confirmed if studies.is_active(t) and t.state.is_finished()})
+                total = len({t.user_attrs["key"] for t in confirmed if studies.is_active(t)})
+                line = f"confirm {done}/{total} (point {point}, new seed {seed}): {what} in {duration(wall)}; {used}"
+                print(line, flush=True)
+                write_report(self.study, spec.output_dir, spec.metric, spec.direction, plot=False, compare=spec.compare)
+                return
+            done = len({t.user_attrs["key"] for t in trials if studies.is_active(t) and t.state.is_finished()})
+            line = f"trial {done}/{self.total} (point {point}, seed {seed}): {what} in {duration(wall)}; {used}"
             rows, best = summarize_points(trials, spec.direction)  # the best point by the report's own rule
             if best is not None:
                 top = next(row for row in rows if row["point"] == best)

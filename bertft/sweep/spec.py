@@ -12,6 +12,8 @@ A sweep file is YAML::
     metric: val/acc                           # default: the task's primary validation metric
     sampler: grid                             # grid | tpe | random
     compare: model.head                       # optional: each head at its best point, every pair tested
+    keep_checkpoints: best                    # best | all | none: what a finished trial leaves on disk
+    confirm: 5                                # optional: rerun the chosen point(s) on 5 new seeds after the search
 
 :func:`load_spec` checks the file's own structure and raises :class:`SweepError` with the file and key on any mistake;
 :mod:`bertft.sweep.validate` then checks the keys and values against the real ``fit`` parser.
@@ -32,6 +34,7 @@ import yaml
 
 SAMPLERS = ("grid", "tpe", "random")
 DIRECTIONS = ("maximize", "minimize")
+KEEP_CHECKPOINTS = ("best", "all", "none")  # see bertft.sweep.checkpoints
 _KEYS = {
     "name",
     "configs",
@@ -50,6 +53,8 @@ _KEYS = {
     "trial_timeout",
     "sampler_seed",
     "compare",
+    "keep_checkpoints",
+    "confirm",
 }
 
 
@@ -118,6 +123,10 @@ class SweepSpec:
         trial_timeout: Seconds after which a trial is stopped and recorded as failed (``None``: no limit).
         sampler_seed: Seed of the ``tpe`` / ``random`` sampler.
         compare: A searched key (with a list of values) whose values the report compares, each at its best point.
+        keep_checkpoints: What a finished trial keeps: ``best`` (the checkpoints ``--test_best`` reads, of the points
+            that may still be the best), ``all``, or ``none`` (see :mod:`bertft.sweep.checkpoints`).
+        confirm: After the search, rerun the chosen point (each compared value's, with ``compare``) on this many new
+            seeds (``None``: no confirmation; see :mod:`bertft.sweep.confirm`).
     """
 
     path: Path
@@ -137,6 +146,8 @@ class SweepSpec:
     trial_timeout: float | None = None
     sampler_seed: int = 0
     compare: str | None = None
+    keep_checkpoints: str = "best"
+    confirm: int | None = None
     test_file: str | None = None  # the run's data.test_file, for --test_best (filled in by validation)
 
     @property
@@ -283,6 +294,12 @@ def load_spec(path: str | os.PathLike[str], output_dir: str | None = None) -> Sw
             raise fail(f"compare: {compare!r} is not a key of space ({hint})")
         if not isinstance(space[compare], Choices):
             raise fail(f"compare: space.{compare} is a range; comparing needs a list of values")
+    keep = raw.get("keep_checkpoints", "best")
+    if keep not in KEEP_CHECKPOINTS:
+        raise fail(f"keep_checkpoints: {keep!r} is not one of {', '.join(KEEP_CHECKPOINTS)}")
+    confirm = raw.get("confirm")
+    if confirm is not None and (not isinstance(confirm, int) or isinstance(confirm, bool) or confirm < 1):
+        raise fail(f"confirm: {confirm!r} is not a positive number of new seeds")
     name = str(raw.get("name") or path.stem)
     out = Path(output_dir or raw.get("output_dir") or Path("outputs") / "sweeps" / name)
     return SweepSpec(
@@ -303,6 +320,8 @@ def load_spec(path: str | os.PathLike[str], output_dir: str | None = None) -> Sw
         trial_timeout=float(timeout) if timeout is not None else None,
         sampler_seed=sampler_seed,
         compare=compare,
+        keep_checkpoints=keep,
+        confirm=confirm,
     )
 
 

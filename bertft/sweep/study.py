@@ -17,7 +17,10 @@ How exactly-once holds with several workers and machines on one storage:
   is dropped when claimed: it is failed with ``duplicate_of`` and left out of every report;
 * an interrupted trial (its process killed, its machine gone) is failed and enqueued again under its key: at once when
   its process is seen dead on this machine, and on any machine once its heartbeat is older than the grace period.
-  Failed trials with an ``error`` are final: they are recorded, never re-run.
+  Failed trials with an ``error`` are final: they are recorded, never re-run (except those marked ``retry``, failed
+  for want of disk before they started: a resumed sweep enqueues their (point, seed) again).
+* ``--confirm`` trials (new seeds at a chosen point) are trials like the others whose key starts with
+  :data:`CONFIRM`; the search's ranking (:func:`sweep_trials`) leaves them out.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def is_active(trial: FrozenTrial) -> bool:
     """Whether a trial holds or will hold its key's result: not an interrupted attempt, not a dropped duplicate."""
     if trial.state in (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and "error" in trial.user_attrs
+    return trial.state == TrialState.FAIL and "error" in trial.user_attrs and "retry" not in trial.user_attrs
 
 
 def is_interrupted(trial: FrozenTrial) -> bool:
@@ -297,5 +300,18 @@ def _own(study: optuna.Study, trial: optuna.Trial) -> optuna.Trial:
 
 
 def sweep_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The study's trials of (point, seed)s, without dropped duplicates, in order."""
-    return [t for t in study.get_trials(deepcopy=False) if "key" in t.user_attrs and "duplicate_of" not in t.user_attrs]
+    """The search's trials of (point, seed)s, without dropped duplicates or ``--confirm`` trials, in order."""
+    trials = study.get_trials(deepcopy=False)
+    return [
+        t for t in trials if "key" in t.user_attrs and "duplicate_of" not in t.user_attrs and not is_confirmation(t)
+    ]
+
+
+#: The start of a ``--confirm`` trial's key (its point's values and a new seed): the key alone marks it, so an
+#: interrupted confirmation trial enqueued again (:func:`requeue` copies the key) stays one.
+CONFIRM = "confirm "
+
+
+def is_confirmation(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` reruns a chosen point on a new seed after the search (``--confirm``)."""
+    return str(trial.user_attrs.get("key", "")).startswith(CONFIRM)

@@ -154,6 +154,15 @@ class SweepTrial(Callback):
             return False
 
 
+def trial_folder(output_dir: Path, point: int, seed: int, confirmation: bool = False) -> Path:
+    """Where a (point, seed) runs: ``<output_dir>/trials/point<P>-seed<S>`` (``confirm-point<P>-...`` for --confirm).
+
+    A ``--confirm`` trial is the same point on a new seed, a run of its own. The one place the name is made: the
+    worker that runs a trial and the worker that deletes its checkpoints (:mod:`bertft.sweep.checkpoints`) must agree.
+    """
+    return Path(output_dir) / "trials" / f"{'confirm-' * confirmation}point{point}-seed{seed}"
+
+
 def trial_args(
     subcommand: str, configs: Sequence[str | Path], callback: dict[str, Any], ckpt_path: str | None = None
 ) -> list[str]:
