@@ -102,7 +102,7 @@ def run(spec: SweepSpec, test_best: bool = False) -> int:
     print(
         f"sweep {spec.name}: {spec.num_points} points x {len(spec.seeds)} seeds, {spec.sampler} sampler, "
         f"{spec.workers} worker(s) of {sweep.threads} threads; {spec.metric} ({spec.direction}); "
-        f"storage {spec.storage_url}; folder {spec.output_dir}",
+        f"storage {_shown(spec.storage_url)}; folder {spec.output_dir}",
         flush=True,
     )
 
@@ -209,3 +209,10 @@ def _test_best(spec: SweepSpec, study: Any) -> None:
         s = summarize([r[name] for r in rows if name in r])
         spread = f" ± {s.sd:.4f}" if not math.isnan(s.sd) else ""
         print(f"test, best point {best} ({point_label(params)}): {name} {s.mean:.4f}{spread} over {s.n} seed(s)")
+
+
+def _shown(url: str) -> str:
+    """A storage URL as printed: its password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
