@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from bertft.sweep import optuna_internals as internals
 from bertft.sweep import study as studies
-from bertft.sweep.spec import Range, SweepSpec
+from bertft.sweep.spec import Choices, Range, SweepSpec
 
 
 def new_study(tmp_path: Path) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
@@ -90,21 +90,13 @@ def test_an_interrupted_trial_fails_and_its_point_and_seed_wait_again(tmp_path: 
     assert len(study.get_trials(deepcopy=False)) == 2
 
 
-@pytest.mark.parametrize(("backend", "sampler"), [("sqlite", "random"), ("postgresql", "tpe")])
-def test_racing_workers_sample_exactly_n_trials_points(
-    tmp_path: Path, request: pytest.FixtureRequest, backend: str, sampler: str
-) -> None:
-    """Four workers, each with a study of its own on one storage (as on separate machines), all start at once and
-    loop as a sweep's worker does (claim, else add a point while fewer than n_trials are held); each trial
-    'runs' by being told a value. Exactly n_trials points run, each once per seed."""
-    url = f"sqlite:///{tmp_path / 'sweep.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
-    spec = SweepSpec(
-        path=tmp_path / "sweep.yaml", name="race", configs=[], overrides={}, seeds=[0, 1], sampler=sampler,
-        space={"model.lr": Range(1.0e-5, 1.0e-3, log=True)}, n_trials=5, output_dir=tmp_path, storage=url,
-    )  # fmt: skip
+def run_workers(spec: SweepSpec, workers: int) -> None:
+    """Workers, each with a study of its own on the spec's storage (as on separate machines), all start at once and
+    loop as a sweep's worker does (claim, else add a point while fewer than n_trials are held); each trial 'runs' by
+    being told a value."""
     spec.metric, spec.direction = "val/acc", "maximize"
     studies.open_study(spec)
-    start = threading.Barrier(4)
+    start = threading.Barrier(workers)
     errors: list[BaseException] = []
 
     def worker() -> None:
@@ -123,21 +115,46 @@ def test_racing_workers_sample_exactly_n_trials_points(
                     continue
                 trial = studies.take(study, storage, trial, spec)
                 if trial is not None:
-                    study.tell(trial, float(trial.user_attrs["params"]["model.lr"]))
+                    study.tell(trial, float(trial.number))
             errors.append(TimeoutError("the workers did not finish within 240 s"))
         except BaseException as err:  # noqa: BLE001  # the test thread reports it
             errors.append(err)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(270)
     assert not errors, errors
-    study = optuna.load_study(study_name="race", storage=url)
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+
+
+def new_spec(tmp_path: Path, url: str, **fields: object) -> SweepSpec:
+    return SweepSpec(
+        path=tmp_path / "sweep.yaml", name="race", configs=[], overrides={}, output_dir=tmp_path, storage=url, **fields
+    )
+
+
+@pytest.mark.parametrize(("backend", "sampler"), [("sqlite", "random"), ("postgresql", "tpe")])
+def test_racing_workers_sample_exactly_n_trials_points(
+    tmp_path: Path, request: pytest.FixtureRequest, backend: str, sampler: str
+) -> None:
+    """Four workers race on one storage: exactly n_trials points run, each once per seed."""
+    url = f"sqlite:///{tmp_path / 'sweep.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    space = {"model.lr": Range(1.0e-5, 1.0e-3, log=True)}
+    run_workers(new_spec(tmp_path, url, space=space, seeds=[0, 1], sampler=sampler, n_trials=5), workers=4)
+    done = [t for t in optuna.load_study(study_name="race", storage=url).trials if t.state == TrialState.COMPLETE]
     pairs = sorted((t.user_attrs["point"], t.user_attrs["seed"]) for t in done)
     assert pairs == [(p, s) for p in range(1, 6) for s in (0, 1)], pairs
     assert len({t.user_attrs["key"] for t in done}) == 10
     for point in range(1, 6):  # the seeds of a point share its sampled values
         assert len({t.user_attrs["params"]["model.lr"] for t in done if t.user_attrs["point"] == point}) == 1
+
+
+def test_a_point_sampled_twice_is_drawn_again(tmp_path: Path) -> None:
+    """Three choices, three points: duplicates the sampler draws are dropped and drawn anew until all three ran."""
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    space = {"model.head": Choices(("mean", "max", "cls"))}
+    run_workers(new_spec(tmp_path, url, space=space, seeds=[0], sampler="random", n_trials=3), workers=1)
+    done = [t for t in optuna.load_study(study_name="race", storage=url).trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs["params"]["model.head"] for t in done) == ["cls", "max", "mean"]
+    assert sorted(t.user_attrs["point"] for t in done) == [1, 2, 3]

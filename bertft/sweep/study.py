@@ -307,12 +307,11 @@ def sample_point(
 ) -> optuna.Trial:
     """Samples a claimed blank trial's point as its first seed, enqueues the point's other seeds; returns the trial.
 
-    Point ``n`` is sampled by a sampler seeded with ``sampler_seed`` and ``n``, so that workers and machines, each
-    with a sampler of its own, do not all draw the same values (and a ``random`` sweep's points depend on its seed
-    alone, however many workers run it).
+    The sampler is seeded with ``sampler_seed`` and the trial's number, so that machines, each with a sampler of its
+    own, do not draw the same values in lockstep, and a point dropped as a duplicate is drawn again differently.
     """
     point = int(trial.user_attrs["slot"])
-    seed = (spec.sampler_seed * 1_000_003 + point) % 2**32
+    seed = (spec.sampler_seed * 1_000_003 + trial.number) % 2**32
     sampler: optuna.samplers.BaseSampler
     if spec.sampler == "tpe":
         sampler = optuna.samplers.TPESampler(seed=seed)
