@@ -94,3 +94,23 @@ def family_dir(tmp_path_factory: pytest.TempPathFactory):
         return built[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server for the run (started on first use, stopped and deleted at the end); see
+    ``tests/helpers/postgres.py`` for what happens when PostgreSQL is not installed."""
+    from .helpers.postgres import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres, request: pytest.FixtureRequest) -> str:
+    """The ``postgresql+psycopg://`` URL of a new, empty database on :func:`postgres`, for this test alone."""
+    _databases.append(request.node.name)
+    return postgres.create_database(f"test{len(_databases)}")
+
+
+_databases: list[str] = []

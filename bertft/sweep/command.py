@@ -118,7 +118,7 @@ def run(spec: SweepSpec, test_best: bool = False) -> int:
     print(
         f"sweep {spec.name}: {spec.num_points} points x {len(spec.seeds)} seeds, {spec.sampler} sampler, "
         f"{spec.workers} worker(s) of {sweep.threads} threads; {spec.metric} ({spec.direction}); "
-        f"storage {spec.storage_url}; folder {spec.output_dir}",
+        f"storage {_shown(spec.storage_url)}; folder {spec.output_dir}",
         flush=True,
     )
 
@@ -255,3 +255,10 @@ def _print_confirmation(spec: SweepSpec, study: Any) -> None:
         if before is not None:
             line += f"; the search: {before.mean:.4f} over {before.n} seed(s)"
         print(line)
+
+
+def _shown(url: str) -> str:
+    """A storage URL as printed: its password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -68,7 +68,7 @@ class Sweep:
 
     def run(self) -> None:
         """Runs the workers to the end (or until :attr:`stop` is set), then any confirmation; rewrites the report."""
-        studies.recover(self.study)
+        studies.recover(self.study, self.storage)
         studies.enqueue_missing(self.study, self.spec)
         self._prune()  # what an earlier run of the same command left (it may have been stopped before pruning)
         workers: list[threading.Thread] = []
@@ -124,22 +124,20 @@ class Sweep:
         last_recover = time.monotonic()
         while not self.stop.is_set() and self.halted is None:
             if time.monotonic() - last_recover > studies.HEARTBEAT_INTERVAL:
-                studies.recover(self.study)
+                studies.recover(self.study, self.storage)
                 last_recover = time.monotonic()
             trial = studies.claim(self.study, self.storage)
             sampled = self.spec.sampler != "grid"
-            if trial is None and sampled and studies.pending_points(self.study) < self.spec.num_points:
-                studies.add_blank_point(self.study)  # claimed like any other trial, then sampled
-                continue
+            if trial is None and sampled and studies.add_point(self.study, self.spec):
+                continue  # a blank point, claimed like any other trial, then sampled
             if trial is None:
                 if not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     return  # nothing waits, nothing runs: the sweep is done
                 self.stop.wait(POLL)  # a running trial may yet be interrupted and enqueued again
                 continue
             try:
-                if "key" not in trial.user_attrs:
-                    studies.sample_point(self.study, trial, self.spec)
-                if studies.is_duplicate(self.study, trial):
+                trial = studies.take(self.study, self.storage, trial, self.spec)
+                if trial is None:  # a duplicate, dropped
                     continue
                 if self._short_of_disk(trial):
                     continue
@@ -203,7 +201,7 @@ class Sweep:
         wall = time.monotonic() - start
         trial.set_user_attr("wall_s", round(wall, 1))
         if outcome == "interrupted":
-            studies.interrupt(self.study, trial)
+            studies.interrupt(self.study, self.storage, trial)
             return
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
         value = result.get("value")
@@ -255,7 +253,7 @@ class Sweep:
             "seed": seed,
         }
         if spec.pruning and not studies.is_confirmation(trial):  # a confirmation runs to the end, as the point did
-            trial_id = studies.trial_id(trial)
+            trial_id = studies.trial_id(self.study, self.storage, trial)
             callback.update(storage=spec.storage_url, study_name=spec.name, trial_id=trial_id, **spec.pruning)
         resume = "last" if find_last_checkpoint(folder) is not None else None  # an interrupted attempt: continue it
         args = trial_args("fit", [*spec.configs, overlay], callback, ckpt_path=resume)
@@ -273,7 +271,7 @@ class Sweep:
             except subprocess.TimeoutExpired:
                 pass
             if time.monotonic() - beat > studies.HEARTBEAT_INTERVAL:
-                studies.heartbeat(self.study, trial)
+                studies.heartbeat(self.study, self.storage, trial)
                 beat = time.monotonic()
             if self.stop.is_set():
                 _stop(proc)

@@ -1,8 +1,8 @@
 """The sweep's Optuna study: one trial per (point, seed), claimed exactly once by whichever worker gets it first.
 
-This is the one module that touches Optuna's private state (the trials table for the atomic claim, a study's storage,
-a trial's id); the rest of :mod:`bertft.sweep` goes through its functions, and ``tests/test_sweep_optuna.py`` fails
-loudly when an Optuna release changes what it relies on.
+The rest of :mod:`bertft.sweep` goes through its functions. What they need of Optuna beyond its user API (the trials
+table for the atomic claim, a trial's id in the storage) is in :mod:`bertft.sweep.optuna_internals`, and
+``tests/test_sweep_optuna.py`` fails loudly, by name, when an Optuna release changes it.
 
 How exactly-once holds with several workers and machines on one storage:
 
@@ -11,41 +11,80 @@ How exactly-once holds with several workers and machines on one storage:
 * a worker claims a WAITING trial with one conditional ``UPDATE trials SET state = RUNNING WHERE trial_id = ? AND
   state = WAITING``: the database applies it once, so no two workers get the same trial. (Optuna's own ``ask`` reads
   the state and then writes it, which two SQLite writers can both pass; it is not used to claim trials here.)
-* a new ``tpe`` / ``random`` point starts as a blank WAITING trial, claimed the same way; whoever claims it samples
-  the point and enqueues its other seeds;
-* should two WAITING trials share a key (two machines enqueued the same grid at once), the one with the higher number
-  is dropped when claimed: it is failed with ``duplicate_of`` and left out of every report;
+* a new ``tpe`` / ``random`` point starts as a blank WAITING trial for the lowest point number (``slot``) no active
+  trial holds, enqueued only while fewer than ``n_trials`` points are held; it is claimed the same way, and whoever
+  claims it samples the point and enqueues its other seeds;
+* should two WAITING trials share a key (two machines enqueued the same grid at once) or a blank point's slot (two
+  workers saw the same free slot), the one with the higher number is dropped when claimed: it is failed with
+  ``duplicate_of`` and left out of every report. So the sweep runs exactly ``n_trials`` points however many workers
+  race to add them;
 * an interrupted trial (its process killed, its machine gone) is failed and enqueued again under its key: at once when
-  its process is seen dead on this machine, and on any machine once its heartbeat is older than the grace period.
-  Failed trials with an ``error`` are final: they are recorded, never re-run (except those marked ``retry``, failed
-  for want of disk before they started: a resumed sweep enqueues their (point, seed) again).
+  its process is seen dead on this machine (:data:`MACHINE`), and on any machine once its heartbeat is older than the
+  grace period. Failed trials with an ``error`` are final: they are recorded, never re-run (except those marked
+  ``retry``, failed for want of disk before they started: a resumed sweep enqueues their (point, seed) again).
 * ``--confirm`` trials (new seeds at a chosen point) are trials like the others whose key starts with
   :data:`CONFIRM`; the search's ranking (:func:`sweep_trials`) leaves them out.
+
+Three environment variables tune this for every process of a sweep alike: ``BERTFT_SWEEP_HEARTBEAT`` (seconds between
+a running trial's heartbeats, default 10), ``BERTFT_SWEEP_GRACE`` (seconds of silence after which a trial counts as
+interrupted, default 60; keep it several heartbeats long), and ``BERTFT_SWEEP_MACHINE`` (this machine's identity, see
+:data:`MACHINE`).
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import random
 import socket
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy.exc
-from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
-from optuna.storages._rdb.models import TrialModel  # the trials table, for the atomic claim
+from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
+from bertft.sweep import optuna_internals as internals
 from bertft.sweep.spec import Choices, SweepError, SweepSpec
 
-#: Seconds between a running trial's heartbeats; a trial silent for GRACE_PERIOD is taken as interrupted.
-HEARTBEAT_INTERVAL = 10
-GRACE_PERIOD = 60
+
+def _seconds(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise SweepError(f"{name}={value!r}: give a whole number of seconds, at least 1")
+    return int(value)
+
+
+def _machine() -> str:
+    """The host name, the boot and the process namespace: where a trial's pid means the same process."""
+    parts = [socket.gethostname()]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip())
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        pass
+    return " ".join(parts)
+
+
+#: Seconds between a running trial's heartbeats (``BERTFT_SWEEP_HEARTBEAT``).
+HEARTBEAT_INTERVAL = _seconds("BERTFT_SWEEP_HEARTBEAT", 10)
+#: Seconds without a heartbeat after which any machine takes a running trial as interrupted (``BERTFT_SWEEP_GRACE``).
+GRACE_PERIOD = _seconds("BERTFT_SWEEP_GRACE", 60)
+if GRACE_PERIOD <= HEARTBEAT_INTERVAL:
+    raise SweepError(
+        f"BERTFT_SWEEP_GRACE={GRACE_PERIOD} must be longer than BERTFT_SWEEP_HEARTBEAT={HEARTBEAT_INTERVAL}, "
+        "or running trials count as interrupted between two heartbeats"
+    )
 HOST = socket.gethostname()
+#: Where a trial's process id is meaningful: trials started under the same identity whose process is gone are re-run at
+#: once, others after :data:`GRACE_PERIOD`. Two machines with the same host name still differ (boot id). Set
+#: ``BERTFT_SWEEP_MACHINE`` to have processes on one machine treat each other as other machines (the tests do).
+MACHINE = os.environ.get("BERTFT_SWEEP_MACHINE") or _machine()
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats
 # The heartbeat is kept by the worker (bertft.sweep.runner) rather than by Study.optimize, which Optuna warns about.
@@ -73,7 +112,7 @@ def is_interrupted(trial: FrozenTrial) -> bool:
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueues an interrupted trial's (point, seed) again (also Optuna's heartbeat callback)."""
     attrs = {k: trial.user_attrs[k] for k in ("point", "seed", "params", "key") if k in trial.user_attrs}
-    if "key" not in attrs:  # not one of the sweep's trials
+    if "key" not in attrs:  # not one of the sweep's trials, or a blank point never sampled (its slot is free again)
         return
     study.enqueue_trial(attrs["params"], user_attrs={**attrs, "retry_of": trial.number})
 
@@ -123,7 +162,14 @@ def storage_for(url: str) -> optuna.storages.RDBStorage:
 
 
 def open_study(spec: SweepSpec) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
-    """Creates the sweep's study, or loads it to resume or to join it from another machine; returns its storage too."""
+    """Creates the sweep's study, or loads it to resume or to join it from another machine; returns its storage too.
+
+    Raises:
+        SweepError: The installed Optuna lacks what the sweep relies on, or the study was made for another metric.
+    """
+    problems = internals.check()
+    if problems:
+        raise SweepError(f"optuna {optuna.__version__} changed what bertft's sweeps rely on: {'; '.join(problems)}")
     if spec.sampler == "tpe":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=spec.sampler_seed)
     else:  # grid points are all enqueued; random samples the space
@@ -159,34 +205,34 @@ def open_study(spec: SweepSpec) -> tuple[optuna.Study, optuna.storages.RDBStorag
     return study, storage
 
 
-def recover(study: optuna.Study) -> None:
+def recover(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
     """Fails and re-enqueues interrupted trials: dead processes on this machine now, silent ones after the grace."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
-        if attrs.get("host") != HOST or "pid" not in attrs or _alive(int(attrs["pid"])):
+        if attrs.get("machine") != MACHINE or "pid" not in attrs or _alive(int(attrs["pid"])):
             continue
-        _interrupt(study, trial)
-    optuna.storages.fail_stale_trials(study)
+        _interrupt(study, storage, internals.trial_id(storage, study, trial.number))
+    optuna.storages.fail_stale_trials(study)  # calls requeue for each trial it fails
 
 
-def interrupt(study: optuna.Study, trial: optuna.Trial) -> None:
+def interrupt(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial) -> None:
     """Fails a trial this worker stopped (Ctrl-C, SIGTERM) and enqueues its (point, seed) again."""
-    _interrupt(study, study._storage.get_trial(trial._trial_id))
+    _interrupt(study, storage, trial_id(study, storage, trial))
 
 
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
+def heartbeat(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial) -> None:
     """Records that ``trial`` is still running (a trial silent for :data:`GRACE_PERIOD` counts as interrupted)."""
-    study._storage.record_heartbeat(trial._trial_id)
+    internals.record_heartbeat(storage, trial_id(study, storage, trial))
 
 
-def trial_id(trial: optuna.Trial) -> int:
+def trial_id(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial) -> int:
     """The trial's id in the storage, which a trial subprocess needs to report to the pruner."""
-    return int(trial._trial_id)
+    return internals.trial_id(storage, study, trial.number)
 
 
-def _interrupt(study: optuna.Study, trial: FrozenTrial) -> None:
-    if _fail(study, trial):  # False: another worker got there first, and enqueued it
-        requeue(study, trial)
+def _interrupt(study: optuna.Study, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
+    if internals.fail_running(storage, trial_id):  # False: another worker got there first, and enqueued it
+        requeue(study, internals.get_trial(storage, trial_id))
 
 
 def _alive(pid: int) -> bool:
@@ -197,13 +243,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _fail(study: optuna.Study, trial: FrozenTrial) -> bool:
-    try:
-        return bool(study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL))
-    except UpdateFinishedTrialError:
-        return False  # another worker got there first
 
 
 def enqueue_missing(study: optuna.Study, spec: SweepSpec) -> None:
@@ -228,42 +267,76 @@ def enqueue_missing(study: optuna.Study, spec: SweepSpec) -> None:
 
 def claim(study: optuna.Study, storage: optuna.storages.RDBStorage) -> optuna.Trial | None:
     """Moves one WAITING trial to RUNNING for this worker, atomically; ``None`` when none is waiting."""
-    table = TrialModel.__table__
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # Optuna stores naive UTC
-        with storage.engine.begin() as connection:
-            claimed = connection.execute(
-                table.update()
-                .where(table.c.trial_id == frozen._trial_id, table.c.state == TrialState.WAITING)
-                .values(state=TrialState.RUNNING, datetime_start=now)
-            ).rowcount
-        if claimed == 1:
-            return _own(study, optuna.Trial(study, frozen._trial_id))
+        claimed = internals.claim_waiting(storage, study, frozen.number)
+        if claimed is not None:
+            return _own(study, storage, internals.trial_for(study, claimed))
     return None
 
 
-def add_blank_point(study: optuna.Study) -> None:
-    """Enqueues a blank trial: a new point for the ``tpe`` / ``random`` sampler to sample when it is claimed."""
-    study.enqueue_trial({}, user_attrs={"blank": True})
+def _slot(trial: FrozenTrial) -> int | None:
+    """The point number a trial holds: its point's, or a blank trial's slot."""
+    return trial.user_attrs.get("point", trial.user_attrs.get("slot"))
 
 
-def sample_point(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec) -> None:
-    """Samples a claimed blank trial's point as its first seed, and enqueues the point's other seeds."""
-    params = suggest(trial, spec)
+def add_point(study: optuna.Study, spec: SweepSpec) -> bool:
+    """Enqueues a blank trial for the lowest point number no active trial holds; False when all ``n_trials`` are held.
+
+    The sampler samples its point when it is claimed. Two workers that add one at once add the same number, and the
+    later is dropped as a duplicate when claimed: numbers never pass ``n_trials``, so neither do the points.
+    """
+    held = {_slot(t) for t in _active(study)}
+    free = [n for n in range(1, spec.num_points + 1) if n not in held]
+    if not free:
+        return False
+    study.enqueue_trial({}, user_attrs={"blank": True, "slot": free[0]})
+    return True
+
+
+def take(
+    study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial, spec: SweepSpec
+) -> optuna.Trial | None:
+    """Readies a claimed trial to run: drops a duplicate, samples a blank trial's point; None when it was dropped."""
+    if is_duplicate(study, trial):
+        return None
+    if "key" in trial.user_attrs:
+        return trial
+    trial = sample_point(study, storage, trial, spec)
+    return None if is_duplicate(study, trial) else trial  # None: the sampler chose an earlier point's values
+
+
+def sample_point(
+    study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial, spec: SweepSpec
+) -> optuna.Trial:
+    """Samples a claimed blank trial's point as its first seed, enqueues the point's other seeds; returns the trial.
+
+    The sampler is seeded with ``sampler_seed`` and the trial's number, so that machines, each with a sampler of its
+    own, do not draw the same values in lockstep, and a point dropped as a duplicate is drawn again differently.
+    """
+    point = int(trial.user_attrs["slot"])
+    seed = (spec.sampler_seed * 1_000_003 + trial.number) % 2**32
+    sampler: optuna.samplers.BaseSampler
+    if spec.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=seed)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    trial_id = internals.trial_id(storage, study, trial.number)
+    by_point = optuna.load_study(study_name=study.study_name, storage=storage, sampler=sampler)
+    params = suggest(internals.trial_for(by_point, trial_id), spec)
+    trial = internals.trial_for(study, trial_id)  # the worker's own study, with the values just sampled
     seed = spec.seeds[0]
-    attrs = {"point": trial.number + 1, "seed": seed, "params": params, "key": trial_key(params, seed)}
+    attrs = {"point": point, "seed": seed, "params": params, "key": trial_key(params, seed)}
     for name, value in attrs.items():
         trial.set_user_attr(name, value)
+    if any(t.number < trial.number and t.user_attrs.get("key") == attrs["key"] for t in _active(study)):
+        return trial  # a duplicate of an earlier point (dropped by the caller): no seeds of its own
     for other in spec.seeds[1:]:
         study.enqueue_trial(params, user_attrs={**attrs, "seed": other, "key": trial_key(params, other)})
+    return trial
 
 
-def pending_points(study: optuna.Study) -> int:
-    """Points sampled or about to be: distinct points of active trials plus blank trials not yet sampled."""
-    trials = study.get_trials(deepcopy=False)
-    points = {t.user_attrs["point"] for t in trials if "point" in t.user_attrs and is_active(t)}
-    blanks = [t for t in trials if "blank" in t.user_attrs and "key" not in t.user_attrs and is_active(t)]
-    return len(points) + len(blanks)
+def _active(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if is_active(t)]
 
 
 def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
@@ -280,22 +353,27 @@ def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
 
 
 def is_duplicate(study: optuna.Study, trial: optuna.Trial) -> bool:
-    """Drops a claimed trial whose key a lower-numbered active trial holds (see the module docstring)."""
-    key = trial.user_attrs.get("key")
-    if key is None:
+    """Drops a claimed trial whose key (or blank slot) an earlier active trial holds (see the module docstring)."""
+    attrs = trial.user_attrs
+    if "key" in attrs:
+        same = lambda other: other.user_attrs.get("key") == attrs["key"]  # noqa: E731
+    elif "slot" in attrs:
+        same = lambda other: _slot(other) == attrs["slot"]  # noqa: E731
+    else:
         return False
-    for other in study.get_trials(deepcopy=False):
-        if other.number < trial.number and other.user_attrs.get("key") == key and is_active(other):
+    for other in _active(study):
+        if other.number < trial.number and same(other):
             trial.set_user_attr("duplicate_of", other.number)
             study.tell(trial, state=TrialState.FAIL)
             return True
     return False
 
 
-def _own(study: optuna.Study, trial: optuna.Trial) -> optuna.Trial:
+def _own(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial) -> optuna.Trial:
     trial.set_user_attr("host", HOST)
+    trial.set_user_attr("machine", MACHINE)
     trial.set_user_attr("pid", os.getpid())
-    heartbeat(study, trial)
+    heartbeat(study, storage, trial)
     return trial
 
 

@@ -139,13 +139,15 @@ class SweepTrial(Callback):
     def _should_prune(self, value: float, step: int) -> bool:
         import optuna
 
+        from bertft.sweep.optuna_internals import trial_for
+
         storage, study_name, trial_id, n_startup_trials, n_warmup_steps = self.pruning  # type: ignore[misc]
         try:
             if self._trial is None:
                 optuna.logging.set_verbosity(optuna.logging.WARNING)
                 pruner = optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
                 study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
-                self._trial = optuna.Trial(study, trial_id)
+                self._trial = trial_for(study, trial_id)
             self._trial.report(value, step)
             return bool(self._trial.should_prune())
         except Exception as err:  # e.g. this trial re-run on its own after its sweep ended: train it to the end
