@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 # No test may reach a hub or a W&B server.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -17,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One token cache for the whole run (subprocesses inherit it), never the user's ~/.cache/bertft.
 os.environ["BERTFT_CACHE"] = tempfile.mkdtemp(prefix="bertft-test-cache-")
 
-from .helpers import MINILM  # noqa: E402
+from .helpers import MINILM, sst2_rows, write_tsv  # noqa: E402
 
 # transformers' own BertModelTester sizes, with MiniLM's vocabulary so the real tokenizer can drive it.
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37}
@@ -114,3 +115,31 @@ def postgres_url(postgres, request: pytest.FixtureRequest) -> str:
 
 
 _databases: list[str] = []
+
+
+@pytest.fixture
+def base_config(tmp_path: Path, tiny_bert_dir: Path) -> Path:
+    """A fit config as users write one (CSV logger, checkpoints on) for 2 steps of the tiny BERT."""
+    train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 16))
+    dev = write_tsv(tmp_path / "dev.tsv", sst2_rows("dev", 16))
+    config = {
+        "model": {"encoder": str(tiny_bert_dir), "head": {"class_path": "bertft.heads.MeanHead"}, "lr": 1.0e-3},
+        "data": {
+            "train_file": str(train),
+            "val_file": str(dev),
+            "test_file": str(dev),
+            "quoting": False,
+            "batch_size": 8,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "trainer": {
+            "max_steps": 2,
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {"class_path": "bertft.training.loggers.CSVLogger", "init_args": {"name": "csv"}},
+        },
+    }
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path

@@ -6,7 +6,6 @@ the trials themselves are 2 steps on 16 real SST-2 sentences.
 
 from __future__ import annotations
 
-import csv
 import re
 import signal
 import subprocess
@@ -23,60 +22,7 @@ import yaml
 from bertft.cli import main
 from bertft.sweep.study import is_confirmation
 
-from .helpers import ROOT, run_bertft, sst2_rows, write_tsv
-
-TIMEOUT = 600  # seconds for one sweep command; each trial takes seconds
-
-
-@pytest.fixture
-def base_config(tmp_path: Path, tiny_bert_dir: Path) -> Path:
-    """A fit config as users write one (CSV logger, checkpoints on) for 2 steps of the tiny BERT."""
-    train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 16))
-    dev = write_tsv(tmp_path / "dev.tsv", sst2_rows("dev", 16))
-    config = {
-        "model": {"encoder": str(tiny_bert_dir), "head": {"class_path": "bertft.heads.MeanHead"}, "lr": 1.0e-3},
-        "data": {
-            "train_file": str(train),
-            "val_file": str(dev),
-            "test_file": str(dev),
-            "quoting": False,
-            "batch_size": 8,
-            "cache_dir": str(tmp_path / "cache"),
-        },
-        "trainer": {
-            "max_steps": 2,
-            "accelerator": "cpu",
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "logger": {"class_path": "bertft.training.loggers.CSVLogger", "init_args": {"name": "csv"}},
-        },
-    }
-    path = tmp_path / "base.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
-
-
-def write_sweep(tmp_path: Path, base: Path, **fields: object) -> Path:
-    sweep = {"configs": [str(base)], "output_dir": str(tmp_path / "sweep"), **fields}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def sweep(path: Path, *extra: str, **options) -> subprocess.CompletedProcess:
-    """``python -m bertft sweep --config <path>`` from the sweep's folder, as users run it; see ``run_bertft``."""
-    options = {"timeout": TIMEOUT, "cwd": path.parent, "env": {"PYTHONPATH": str(ROOT)}, **options}
-    return run_bertft("sweep", "--config", str(path), *extra, **options)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def attempts(folder: Path) -> int:
-    """How many times a trial folder's fit was started (one header line per start in trial.log)."""
-    return (folder / "trial.log").read_text(encoding="utf-8").count("===== trial ")
+from .helpers import ROOT, attempts, read_csv, sweep, write_sweep
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 Each process has its own output folder and its own machine identity (``BERTFT_SWEEP_MACHINE``), so neither sees the
 other's process ids: a killed one's trial is found only when its heartbeat stops, as on a real second machine. The
 heartbeat is 1 s and the grace 5 s here (60 s by default), so that takes seconds. The server comes from the
-``postgres_url`` fixture (``tests/helpers/postgres.py``); the sweep's fit config and helpers from ``test_sweep``.
+``postgres_url`` fixture (``tests/helpers/postgres.py``), the sweep's fit config from the ``base_config`` fixture, and
+the sweep's files from ``tests/helpers/sweeps.py``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,7 @@ from optuna.trial import TrialState
 
 from bertft.cli import main
 
-from . import test_sweep
-from .helpers import ROOT, run_bertft
-from .test_sweep import attempts, read_csv, write_sweep
-
-base_config = test_sweep.base_config  # the fixture: the tiny BERT's fit config, as users write one
+from .helpers import ROOT, attempts, read_csv, run_bertft, write_sweep
 
 TIMEOUT = 300  # seconds for one sweep command; each trial takes seconds
 GRACE = 5

@@ -1,5 +1,6 @@
 """What the tests share besides fixtures: real SST-2 rows and data files (``data``), quiet trainers and batches
-(``training``), the command line's arguments and running ``python -m bertft`` under a timeout (``cli``).
+(``training``), driving ``bertft sweep`` (``sweeps``), the command line's arguments and running ``python -m bertft``
+under a timeout (``cli``).
 
 Import from here: ``from .helpers import cli_args, sst2_rows, write_tsv``. Fixtures live in ``conftest.py``, the
 multi-process (DDP) launcher in ``ddp.py``, the tiny encoders of every family in ``families.py``.
@@ -19,10 +20,16 @@ from .data import (
     write_lines,
     write_tsv,
 )
+from .sweeps import TIMEOUT, attempts, read_csv, sweep, write_sweep
 from .training import fit, make_batches, quiet_trainer, train_losses
 
 __all__ = [
     "BUNDLED",
+    "TIMEOUT",
+    "attempts",
+    "read_csv",
+    "sweep",
+    "write_sweep",
     "CONFIGS",
     "MINILM",
     "ROOT",
