@@ -384,23 +384,25 @@ def write(results: dict[str, Any], out: Path) -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    # One line per server through its load levels, lightest first (throughput need not rise with load: past capacity
+    # more clients only queue), each point named by its load.
+    loads = {"latency_short": "1 client", "open_half_capacity": "open, half", "closed_16": "16", "closed_64": "64"}
     for server, phases in [("baseline (FastAPI + pipeline)", results["baseline"]), *results["serve"].items()]:
         points = [
-            (r["throughput"], r["p50_ms"], name)
-            for name, r in phases.items()
-            if name.startswith(("latency_short", "closed_16", "closed_64", "open_half")) and "long" not in name
+            (phases[name]["throughput"], phases[name]["p50_ms"], tag) for name, tag in loads.items() if name in phases
         ]
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"bertft serve {server}"
-                if server in results["serve"] else server)  # fmt: skip
+        (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"bertft serve {server}"
+                          if server in results["serve"] else server)  # fmt: skip
+        for x, y, tag in points:
+            ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
     for backend, phases in results["serve"].items():
         ax.axvline(phases["offline_predictor"]["throughput"], linestyle=":", color="grey")
         ax.text(phases["offline_predictor"]["throughput"], ax.get_ylim()[1] * 0.9, f" offline {backend}",
                 fontsize=8, color="grey")  # fmt: skip
-    ax.set_xlabel("throughput (requests/s, SST-2 sentences)")
+    ax.set_xlabel("throughput (requests/s, SST-2 sentences); points: clients, or an open loop at half capacity")
     ax.set_ylabel("p50 latency (ms)")
     ax.set_yscale("log")
-    ax.set_title(f"bertft serve, packaged MiniLM, {results['cpus']} CPU cores")
+    ax.set_title(f"bertft serve, packaged MiniLM, {results['cpus']} CPU cores (load generator on the same cores)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
