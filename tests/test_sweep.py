@@ -190,6 +190,11 @@ def test_invalid_value_fails_and_the_sweep_goes_on(tmp_path: Path, base_config: 
         ({"space": {"model.lr": [1.0e-4]}, "compare": "model.lrr"}, "compare: 'model.lrr' is not a key of space"),
         ({"space": {"model.lr": [1.0e-4]}, "keep_checkpoints": "last"}, "keep_checkpoints: 'last' is not one of best"),
         ({"space": {"model.lr": [1.0e-4]}, "confirm": 0}, "confirm: 0 is not a positive number of new seeds"),
+        (
+            {"space": {"model.lr": [1.0e-4, 2.0e-4], "data.batch_size": {"low": 4, "high": 8, "step": 4}},
+            "sampler": "random", "n_trials": 5},
+            "n_trials: 5 is more than the 4 different points space holds",
+        ),
     ],
 )
 def test_bad_sweep_file_one_line_no_trial(
@@ -271,6 +276,25 @@ def test_a_missing_database_driver_is_one_line_naming_the_package(
     assert message in err
     assert "secret" not in err
     assert not (tmp_path / "sweep").exists(), "nothing may start before the storage can be opened"
+
+
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        ({"model.lr": [1.0e-4, 2.0e-4, 3.0e-4]}, 3),  # fewer than the default 10: each once, then the sweep ends
+        ({"model.lr": [1.0e-4, 2.0e-4], "data.batch_size": {"low": 2, "high": 16, "step": 2}}, 10),
+        ({"model.lr": {"low": 1.0e-5, "high": 1.0e-3, "log": True}}, 10),  # continuous: no bound
+        ({"model.dropout": {"low": 0.0, "high": 0.3, "step": 0.1}}, 4),
+    ],
+)
+def test_sampled_sweep_runs_no_more_points_than_its_space_holds(
+    tmp_path: Path, base_config: Path, space: dict, expected: int
+) -> None:
+    """Without n_trials, a random/tpe sweep over a small finite space runs each point once instead of looping."""
+    from bertft.sweep.spec import load_spec
+
+    spec = load_spec(write_sweep(tmp_path, base_config, space=space, sampler="random"))
+    assert spec.num_points == expected
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)

@@ -115,7 +115,8 @@ class SweepSpec:
         metric: The validation metric to optimise (``None``: the task's primary metric, filled in by validation).
         direction: ``maximize`` or ``minimize`` (``None``: from the metric, filled in by validation).
         sampler: ``grid``, ``tpe`` or ``random``.
-        n_trials: Number of points: every grid point by default; 10 for ``tpe`` / ``random``.
+        n_trials: Number of points: every grid point by default; 10 for ``tpe`` / ``random`` (fewer when the space
+            holds fewer different points: more would only repeat one).
         pruning: Median-pruner settings (``n_startup_trials``, ``n_warmup_steps``), or ``None`` for no pruning.
         storage: An Optuna storage URL (``None``: ``sqlite:///<output_dir>/sweep.db``).
         workers: Parallel trials on this machine.
@@ -167,7 +168,29 @@ class SweepSpec:
         if self.sampler == "grid":
             total = len(self.grid())
             return min(total, self.n_trials) if self.n_trials else total
-        return self.n_trials or 10
+        if self.n_trials:
+            return self.n_trials
+        distinct = distinct_points(self.space)
+        return 10 if distinct is None else min(10, distinct)  # the default never asks for more points than exist
+
+
+def distinct_points(space: dict[str, Dimension]) -> int | None:
+    """How many different points ``space`` holds; ``None`` when a continuous range makes it unbounded.
+
+    A ``tpe`` / ``random`` sweep asking for more points than this would draw repeats forever (each is dropped as a
+    duplicate), so :func:`load_spec` refuses it.
+    """
+    total = 1
+    for dim in space.values():
+        if isinstance(dim, Choices):
+            total *= len(dim.values)
+        elif dim.integer:
+            total *= int((dim.high - dim.low) // (dim.step or 1)) + 1
+        elif dim.step is not None:
+            total *= int(round((dim.high - dim.low) / dim.step, 9)) + 1
+        else:
+            return None
+    return total
 
 
 def encode(value: Any) -> Any:
@@ -270,6 +293,12 @@ def load_spec(path: str | os.PathLike[str], output_dir: str | None = None) -> Sw
     n_trials = raw.get("n_trials")
     if n_trials is not None and (not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1):
         raise fail(f"n_trials: {n_trials!r} is not a positive integer")
+    distinct = distinct_points(space)
+    if sampler != "grid" and n_trials is not None and distinct is not None and n_trials > distinct:
+        raise fail(
+            f"n_trials: {n_trials} is more than the {distinct} different points space holds, and {sampler} would "
+            f"draw repeats forever: lower it to {distinct}, widen a range, or use sampler: grid to run each once"
+        )
     workers = raw.get("workers", 1)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise fail(f"workers: {workers!r} is not a positive integer")
