@@ -191,8 +191,11 @@ def test_invalid_value_fails_and_the_sweep_goes_on(tmp_path: Path, base_config: 
         ({"space": {"model.lr": [1.0e-4]}, "keep_checkpoints": "last"}, "keep_checkpoints: 'last' is not one of best"),
         ({"space": {"model.lr": [1.0e-4]}, "confirm": 0}, "confirm: 0 is not a positive number of new seeds"),
         (
-            {"space": {"model.lr": [1.0e-4, 2.0e-4], "data.batch_size": {"low": 4, "high": 8, "step": 4}},
-            "sampler": "random", "n_trials": 5},
+            {
+                "space": {"model.lr": [1.0e-4, 2.0e-4], "data.batch_size": {"low": 4, "high": 8, "step": 4}},
+                "sampler": "random",
+                "n_trials": 5,
+            },
             "n_trials: 5 is more than the 4 different points space holds",
         ),
     ],
@@ -276,6 +279,17 @@ def test_a_missing_database_driver_is_one_line_naming_the_package(
     assert message in err
     assert "secret" not in err
     assert not (tmp_path / "sweep").exists(), "nothing may start before the storage can be opened"
+
+
+def test_a_password_in_the_storage_url_gets_a_note_saying_where_it_belongs() -> None:
+    from bertft.sweep.command import password_note
+
+    assert password_note("sqlite:////tmp/sweep.db") is None
+    assert password_note("postgresql+psycopg://bertft@db.example.org/sweeps") is None
+    note = password_note("postgresql+psycopg://bertft:secret@db.example.org/sweeps")
+    assert note is not None
+    assert "PGPASSWORD" in note
+    assert "secret" not in note
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,19 @@ def trials(url: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
+def test_the_server_checks_the_password_the_urls_leave_out(postgres_url: str, monkeypatch) -> None:
+    """The fixture's URLs hold no password and the server demands one: the sweeps here get it from PGPASSWORD, as the
+    sweeps guide tells users to, so that it stays out of sweep files, sweep.json and trial command lines."""
+    import sqlalchemy
+
+    assert ":" not in postgres_url.split("//", 1)[1].split("@", 1)[0], "the URL holds no password"
+    with sqlalchemy.create_engine(postgres_url).connect() as connection:
+        assert connection.execute(sqlalchemy.text("select 1")).scalar() == 1
+    monkeypatch.setenv("PGPASSWORD", "wrong")
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="password authentication failed"):
+        sqlalchemy.create_engine(postgres_url).connect()
+
+
 @pytest.mark.slow
 def test_two_machines_run_each_point_and_seed_once_and_take_over_a_killed_ones_trial(
     tmp_path: Path, base_config: Path, postgres_url: str

@@ -121,6 +121,9 @@ def run(spec: SweepSpec, test_best: bool = False) -> int:
         f"storage {_shown(spec.storage_url)}; folder {spec.output_dir}",
         flush=True,
     )
+    note = password_note(spec.storage_url)
+    if note:
+        print(note, flush=True)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         print(f"\nstopping: {signal.Signals(signum).name}; running trials are stopped and enqueued again", flush=True)
@@ -255,6 +258,18 @@ def _print_confirmation(spec: SweepSpec, study: Any) -> None:
         if before is not None:
             line += f"; the search: {before.mean:.4f} over {before.n} seed(s)"
         print(line)
+
+
+def password_note(url: str) -> str | None:
+    """What to do instead when the storage URL holds a password (written to files a team shares); None otherwise."""
+    from sqlalchemy.engine import make_url
+
+    if not make_url(url).password:
+        return None
+    return (
+        "note: the storage URL holds a password, which the sweep file and sweep.json keep (and, with pruning, each "
+        "trial's command line): leave it out of the URL and give it by PGPASSWORD or ~/.pgpass (PostgreSQL)"
+    )
 
 
 def _shown(url: str) -> str:

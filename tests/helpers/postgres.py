@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -40,7 +41,8 @@ class PostgresServer:
     user: str = "bertft"
 
     def url(self, database: str) -> str:
-        """The SQLAlchemy URL of ``database``, with psycopg 3 as the driver (``bertft[postgres]``)."""
+        """The SQLAlchemy URL of ``database``, with psycopg 3 as the driver (``bertft[postgres]``) and no password:
+        libpq reads it from ``PGPASSWORD`` (set while the server runs), as the sweeps guide recommends."""
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
@@ -74,8 +76,10 @@ def server_or_skip() -> Path:
 def postgres_server() -> Iterator[PostgresServer]:
     """Starts a PostgreSQL server for the block, then stops it (``-m immediate``) and deletes its folder.
 
-    The server listens on 127.0.0.1 only, on a port that was free, with ``trust`` authentication for the user
-    ``bertft``; durability is off (``fsync``), since its data is thrown away.
+    The server listens on 127.0.0.1 only, on a port that was free, and checks the password of its user ``bertft``
+    (``scram-sha-256``), as a shared server would. The password is a fresh random one, in ``PGPASSWORD`` while the
+    server runs, never in a URL: every client (the tests, the sweeps they start, ``createdb``) reads it from there.
+    Durability is off (``fsync``), since the data is thrown away.
     """
     bin_dir = server_or_skip()
     folder = Path(tempfile.mkdtemp(prefix="bertft-pg-"))  # in /tmp: the postgres user cannot enter pytest's 0700 tmp
@@ -83,9 +87,17 @@ def postgres_server() -> Iterator[PostgresServer]:
     as_server = _server_user(folder)
     port = _free_port()
     started = False
+    password = secrets.token_hex(16)
+    pwfile = folder / "password"
+    pwfile.write_text(password + "\n", encoding="utf-8")
+    if as_server:
+        shutil.chown(pwfile, "postgres")
+    before = os.environ.get("PGPASSWORD")
     try:
-        _run([*as_server, str(bin_dir / "initdb"), "-D", str(data), "-U", "bertft", "-A", "trust", "-E", "UTF8",
-              "--no-sync", "--no-instructions"])  # fmt: skip
+        _run([*as_server, str(bin_dir / "initdb"), "-D", str(data), "-U", "bertft", "-A", "scram-sha-256",
+              f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync", "--no-instructions"])  # fmt: skip
+        pwfile.unlink()
+        os.environ["PGPASSWORD"] = password
         options = f"-p {port} -h 127.0.0.1 -k {folder} -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
         started = True  # from here on, stop whatever pg_ctl may have started
         _run([*as_server, str(bin_dir / "pg_ctl"), "start", "-w", "-t", str(TIMEOUT), "-D", str(data), "-l", str(log),
@@ -94,6 +106,10 @@ def postgres_server() -> Iterator[PostgresServer]:
     finally:
         if started:
             _stop(as_server, bin_dir, data)
+        if before is None:
+            os.environ.pop("PGPASSWORD", None)
+        else:
+            os.environ["PGPASSWORD"] = before
         shutil.rmtree(folder, ignore_errors=True)
 
 
