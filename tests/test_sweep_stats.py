@@ -59,3 +59,13 @@ def test_t_distribution_matches_scipy(df: int) -> None:
         assert t_quantile(1 - q, df) == pytest.approx(stats.t.ppf(1 - q, df), rel=1e-9)
     for t in (-3.0, -0.5, 0.0, 0.7, 2.5, 12.0):
         assert t_cdf(t, df) == pytest.approx(stats.t.cdf(t, df), abs=1e-12)
+
+
+def test_summary_text_is_the_mean_alone_from_one_seed() -> None:
+    """Every sweep output writes a point's figure with these two methods, so one seed never shows `± nan`."""
+    many = summarize([0.85, 0.86, 0.87])
+    assert many.mean_sd() == "0.8600 ± 0.0100"
+    assert many.interval() == f"[{many.ci_low:.4f}, {many.ci_high:.4f}]"
+    one = summarize([0.85])
+    assert one.mean_sd() == "0.8500"
+    assert one.interval() == ""

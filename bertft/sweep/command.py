@@ -6,7 +6,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import os
 import shutil
 import signal
@@ -238,8 +237,7 @@ def _test_best(spec: SweepSpec, study: Any) -> None:
     params = done[0].user_attrs["params"]
     for name in names:
         s = summarize([r[name] for r in rows if name in r])
-        spread = f" ± {s.sd:.4f}" if not math.isnan(s.sd) else ""
-        print(f"test, best point {best} ({point_label(params)}): {name} {s.mean:.4f}{spread} over {s.n} seed(s)")
+        print(f"test, best point {best} ({point_label(params)}): {name} {s.mean_sd()} over {s.n} seed(s)")
 
 
 def _print_confirmation(spec: SweepSpec, study: Any) -> None:
@@ -250,9 +248,9 @@ def _print_confirmation(spec: SweepSpec, study: Any) -> None:
 
     for row in figures(studies.sweep_trials(study), confirmation_trials(study)):
         s, before = row["summary"], row["search"]
-        spread = f" ± {s.sd:.4f}, 95% CI [{s.ci_low:.4f}, {s.ci_high:.4f}]" if s.n > 1 else ""
+        spread = f", 95% CI {s.interval()}" if s.n > 1 else ""
         line = (
-            f"confirmed, point {row['point']} ({point_label(row['params'])}): {spec.metric} {s.mean:.4f}{spread} "
+            f"confirmed, point {row['point']} ({point_label(row['params'])}): {spec.metric} {s.mean_sd()}{spread} "
             f"over {s.n} new seed(s) ({', '.join(map(str, row['seeds']))})"
         )
         if before is not None:

@@ -195,10 +195,8 @@ def _markdown(
     ]
     for rank, e in enumerate(entries, 1):
         s = e.summary
-        spread = f" ± {s.sd:.4f}" if s.n > 1 else ""
-        ci = f"[{s.ci_low:.4f}, {s.ci_high:.4f}]" if s.n > 1 else ""
         cells = [str(rank), f"**{label(e.value)}**" if rank == 1 else label(e.value), str(e.point)]
-        cells += [_cell(e, k) for k in other_keys] + [str(s.n), f"{s.mean:.4f}{spread}", ci]
+        cells += [_cell(e, k) for k in other_keys] + [str(s.n), s.mean_sd(), s.interval()]
         lines.append("| " + " | ".join(cells) + " |")
     edges = [f"- {label(e.value)}: {note}." for e in entries for note in e.edges]
     if edges:
@@ -243,7 +241,6 @@ def comparison_text(trials: Sequence[FrozenTrial], key: str, direction: str) -> 
     out = io.StringIO()
     for rank, e in enumerate(entries, 1):
         s = e.summary
-        spread = f" ± {s.sd:.4f}" if s.n > 1 else ""
         others = f" ({point_label(e.others)})" if e.others else ""
-        out.write(f"{rank}. {label(e.value)}{others}: {s.mean:.4f}{spread} over {s.n} seed(s)\n")
+        out.write(f"{rank}. {label(e.value)}{others}: {s.mean_sd()} over {s.n} seed(s)\n")
     return out.getvalue()

@@ -13,7 +13,6 @@ pruned by the median pruner. ``confirm.csv``, ``summary.md`` and ``compare.md`` 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,8 +133,8 @@ def confirm_markdown(rows: Sequence[dict[str, Any]], metric: str, key: str | Non
         s: Summary = r["summary"]
         before: Summary | None = r["search"]
         cells = [label(r["params"].get(key))] if key else []
-        cells += [str(r["point"]), point_label(r["params"]), _mean_sd(s), _ci(s), str(s.n)]
-        cells.append(f"{_mean_sd(before)} ({before.n})" if before else "")
+        cells += [str(r["point"]), point_label(r["params"]), s.mean_sd(), s.interval(), str(s.n)]
+        cells.append(f"{before.mean_sd()} ({before.n})" if before else "")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -146,14 +145,6 @@ def compare_notes(
     """The confirmation's section of ``compare.md``: the :func:`figures` of each ``key`` value's chosen point."""
     chosen = {c["point"] for c in chosen_points(trials, direction, key)}
     return confirm_markdown([r for r in confirmed if r["point"] in chosen], metric, key)
-
-
-def _mean_sd(s: Summary) -> str:
-    return f"{s.mean:.4f}" + ("" if math.isnan(s.sd) else f" ± {s.sd:.4f}")
-
-
-def _ci(s: Summary) -> str:
-    return "" if math.isnan(s.ci_low) else f"[{s.ci_low:.4f}, {s.ci_high:.4f}]"
 
 
 def _seeds(seeds: list[int]) -> str:

@@ -118,19 +118,23 @@ def _summary_md(
     ]
     for row in rows:
         s: Summary = row["summary"]
-        ci = "" if math.isnan(s.ci_low) else f"[{s.ci_low:.4f}, {s.ci_high:.4f}]"
-        sd = "" if math.isnan(s.sd) else f"{s.sd:.4f}"
+        sd = "" if s.n < 2 else f"{s.sd:.4f}"
         versus = "**best**" if row["point"] == best else ("" if math.isnan(row["p"]) else f"{row['p']:.3g}")
-        cells = [str(row["point"]), *(label(row["params"].get(k)) for k in keys), str(s.n), f"{s.mean:.4f}", sd, ci]
+        cells = [
+            str(row["point"]),
+            *(label(row["params"].get(k)) for k in keys),
+            str(s.n),
+            f"{s.mean:.4f}",
+            sd,
+            s.interval(),
+        ]
         cells += [f"{s.min:.4f}", f"{s.max:.4f}", versus]
         lines.append("| " + " | ".join(cells) + " |")
     if best is not None:
         top = next(r for r in rows if r["point"] == best)
         s = top["summary"]
-        spread = (
-            f" ± {s.sd:.4f} (mean ± sd over {s.n} seeds), 95% CI [{s.ci_low:.4f}, {s.ci_high:.4f}]" if s.n > 1 else ""
-        )
-        lines += ["", f"**Best point: {best}** ({point_label(top['params'])}): `{metric}` {s.mean:.4f}{spread}."]
+        spread = f" (mean ± sd over {s.n} seeds), 95% CI {s.interval()}" if s.n > 1 else ""
+        lines += ["", f"**Best point: {best}** ({point_label(top['params'])}): `{metric}` {s.mean_sd()}{spread}."]
         lines += [f"At the edge of the search: {note}." for note in edge_notes(trials, top["params"])]
         if s.n > 1:
             lines += [

@@ -33,6 +33,14 @@ class Summary:
     min: float
     max: float
 
+    def mean_sd(self) -> str:
+        """``0.8628 ± 0.0080``, or the mean alone from a single seed: how every sweep output writes a point's figure."""
+        return f"{self.mean:.4f}" if self.n < 2 else f"{self.mean:.4f} ± {self.sd:.4f}"
+
+    def interval(self) -> str:
+        """The 95% interval as ``[0.8429, 0.8827]``; empty from a single seed."""
+        return "" if self.n < 2 else f"[{self.ci_low:.4f}, {self.ci_high:.4f}]"
+
 
 def summarize(values: Sequence[float], level: float = 0.95) -> Summary:
     """Mean, sd, the Student's t confidence interval of the mean, min and max of ``values`` (one per seed)."""
