@@ -1,4 +1,7 @@
-"""Atomic file writes: a reader, or a job killed half-way, never sees a half-written file under its real name."""
+"""Atomic file writes, and file sizes as every message writes them.
+
+A reader, or a job killed half-way, never sees a half-written file under its real name.
+"""
 
 from __future__ import annotations
 
@@ -65,3 +68,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
     """Writes ``text`` to ``path`` atomically (see :func:`atomic_writer`)."""
     with atomic_writer(path, encoding=encoding) as f:
         f.write(text)
+
+
+def size_text(n: float) -> str:
+    """Bytes in decimal units, as ``du -h --si`` and disk makers count: ``1.23 GB``, ``271 MB``, ``12 kB``.
+
+    Every message about disk space (a fit's free-space check, a sweep's progress line and its disk check) uses it, so
+    the figures a user compares are in one unit.
+    """
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}" if n < 100 * scale else f"{n / scale:.0f} {unit}"
+    return f"{int(n)} B"

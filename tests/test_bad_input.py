@@ -256,7 +256,7 @@ def test_disk_too_full_for_the_checkpoints(
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=3 * 2**20))
     result = run_cli(*fit_args(tiny_bert_dir, out, f"--data.train_file={train}"))
     assert_refused(
-        result, out, f"not enough free disk space in the output folder {out}", "3 files of", "3.0 MiB are free"
+        result, out, f"not enough free disk space in the output folder {out}", "3 files of", "3.15 MB are free"
     )
     assert "--trainer.default_root_dir" in result.stderr
     assert not (out.parent / "cache").exists()  # refused before any tokenising

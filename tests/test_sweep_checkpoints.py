@@ -14,6 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
+from bertft.io import size_text
 from bertft.sweep import checkpoints, confirm, disk
 from bertft.sweep import study as studies
 from bertft.sweep.points import summarize_points
@@ -201,7 +202,7 @@ def test_used_bytes_is_du_apparent_size(tmp_path: Path) -> None:
     (tmp_path / "a" / "x.ckpt").write_bytes(b"x" * 1500)
     (tmp_path / "y").write_bytes(b"y" * 500)
     assert disk.used_bytes(tmp_path) == 2000
-    assert [disk.size_text(n) for n in (999, 1500, 271_000_000, 1.23e9, 27.3e9, 123e9)] == [
+    assert [size_text(n) for n in (999, 1500, 271_000_000, 1.23e9, 27.3e9, 123e9)] == [
         "999 B", "1.5 kB", "271 MB", "1.23 GB", "27.3 GB", "123 GB",
     ]  # fmt: skip
 

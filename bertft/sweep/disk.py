@@ -11,6 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+from bertft.io import size_text
+
 #: Checkpoint files a trial holds at its peak: its best, ``last.ckpt``, and the next one being written beside the
 #: file it replaces (writes go to a temporary file that is then renamed).
 FILES_AT_ONCE = 3
@@ -58,11 +60,3 @@ def shortage(folder: Path, need: int, at_once: int = 1) -> str | None:
         f"not enough disk: {size_text(free)} free under {folder}, a trial needs about {size_text(need)}{many}; "
         "free space or set keep_checkpoints: none"
     )
-
-
-def size_text(n: float) -> str:
-    """Bytes in decimal units, as ``du`` and disk makers count: ``1.2 GB``, ``271 MB``, ``12 kB``."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}" if n < 100 * scale else f"{n / scale:.0f} {unit}"
-    return f"{int(n)} B"

@@ -30,6 +30,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from bertft.io import size_text
 from bertft.sweep import checkpoints, confirm, disk
 from bertft.sweep import study as studies
 from bertft.sweep.points import edge_notes, point_label, summarize_points
@@ -294,7 +295,7 @@ class Sweep:
         with self.lock:
             trials = studies.sweep_trials(self.study)
             what = f"failed: {error}" if error else f"{spec.metric} {value:.4g}" + (" (pruned)" if pruned else "")
-            used = f"disk {disk.size_text(disk.used_bytes(spec.output_dir))}"  # after this trial's pruning
+            used = f"disk {size_text(disk.used_bytes(spec.output_dir))}"  # after this trial's pruning
             if confirming:
                 confirmed = confirm.confirmation_trials(self.study)
                 done = len({t.user_attrs["key"] for t in confirmed if studies.is_active(t) and t.state.is_finished()})

@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from bertft.encoder import resolve_encoder
+from bertft.io import size_text
 
 #: ``ckpt_path`` values that Lightning (or bertft) resolves to a file later: nothing to read yet.
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
@@ -245,10 +246,6 @@ def kept_checkpoints(callbacks: Iterable[Any]) -> int:
     return kept
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 def _free_bytes(folder: Path) -> int:
     """Creates ``folder`` if needed, writes and removes a probe file, and returns the free bytes on its disk.
 
@@ -308,7 +305,8 @@ def check_output_folder(trainer: L.Trainer, model: torch.nn.Module) -> None:
         if needed and free < needed:
             raise OutputFolderError(
                 f"not enough free disk space in the output folder {folder}: the run's checkpoints need about "
-                f"{_gib(needed)} ({kept + 1} files of {_gib(checkpoint_bytes(model))}: weights and AdamW's two "
-                f"moments; {kept} kept plus one being written), and {_gib(free)} are free. Nothing was trained. Free "
-                f"some space, keep fewer checkpoints (--checkpoint.save_top_k), or point {where} at a disk with room."
+                f"{size_text(needed)} ({kept + 1} files of {size_text(checkpoint_bytes(model))}: weights and AdamW's "
+                f"two moments; {kept} kept plus one being written), and {size_text(free)} are free. Nothing was "
+                f"trained. Free some space, keep fewer checkpoints (--checkpoint.save_top_k), or point {where} at a "
+                "disk with room."
             )
