@@ -491,11 +491,12 @@ class EncodedDataModule(L.LightningDataModule, ABC):
         # A limit keeps the first batches: make them a fixed random sample, not the split's longest texts.
         kept = evaluated_examples(self.trainer, split, -(-len(sampler) // self.eval_batch_size), self.eval_batch_size)
         if kept is not None:
-            sampler = LengthSortedSampler(self.splits[split].lengths, groups=groups, sample=kept * sampler.num_replicas)
+            sample = kept * sampler.num_replicas
+            sampler.put_first(sample)
             rank_zero_info(
                 f"trainer.limit_{split}_batches={getattr(self.trainer, f'limit_{split}_batches')}: {split} metrics come"
-                f" from a fixed random sample of about {kept * sampler.num_replicas:,} of the {len(dataset):,} {split}"
-                " examples, the same in every run"
+                f" from a fixed random sample of about {sample:,} of the {len(dataset):,} {split} examples, the same"
+                " in every run"
             )
         return self._loader(dataset, sampler=sampler, batch_size=self.eval_batch_size)
 

@@ -238,12 +238,22 @@ class LengthSortedSampler(Sampler[int]):
                 f"{len(members)} examples cannot be shared among {self.num_replicas} processes: use fewer devices "
                 "for this split or give it more examples."
             )
-        size_of = sizes.tolist()
-        parts = [list(members.values())] if sample is None else _draw(list(members.values()), sample)
-        shares = [[i for group in part[self.rank :: self.num_replicas] for i in group] for part in parts]
+        self._groups = list(members.values())
+        self._size_of = sizes.tolist()
         #: This rank's examples of the sample (0 without one).
+        self.sampled = 0
+        self.indices: list[int] = []
+        self.put_first(sample)
+
+    def put_first(self, sample: int | None) -> None:
+        """Puts a fixed random sample of ``sample`` examples (over all ranks) first in this rank's share.
+
+        ``None``: the length order only. The share itself, and so the loader's length, stays the same.
+        """
+        parts = [self._groups] if sample is None else _draw(self._groups, sample)
+        shares = [[i for group in part[self.rank :: self.num_replicas] for i in group] for part in parts]
         self.sampled = len(shares[0]) if sample is not None else 0
-        self.indices: list[int] = [i for share in shares for i in sorted(share, key=lambda i: -size_of[i])]  # stable
+        self.indices = [i for share in shares for i in sorted(share, key=lambda i: -self._size_of[i])]  # stable
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
