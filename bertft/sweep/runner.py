@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -30,13 +28,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from bertft.io import size_text
 from bertft.sweep import checkpoints, confirm, disk
 from bertft.sweep import study as studies
-from bertft.sweep.points import edge_notes, point_label, summarize_points
+from bertft.sweep.points import point_label
+from bertft.sweep.progress import Outcome, progress_line
 from bertft.sweep.report import write_report
 from bertft.sweep.spec import SweepSpec
-from bertft.sweep.trial import trial_args, trial_folder, trial_process
+from bertft.sweep.trial import error_line, stop_process, trial_args, trial_folder, trial_process
 from bertft.sweep.validate import overlay_yaml
 from bertft.training.faults import find_last_checkpoint
 
@@ -210,7 +208,7 @@ class Sweep:
             trial.set_user_attr("metrics", result["metrics"])
         if result.get("best_model_path"):
             trial.set_user_attr("best_model_path", result["best_model_path"])
-        error = outcome or _error_line(folder / "trial.log", proc.returncode)
+        error = outcome or error_line(folder / "trial.log", proc.returncode)
         if proc.returncode == 0 and (value is None or not math.isfinite(value)):
             error = f"{spec.metric} was never logged with a finite value (is it a metric of this task?)"
         checkpoints.record_size(trial, folder)  # how much a trial writes, for the disk check once the files are gone
@@ -275,10 +273,10 @@ class Sweep:
                 studies.heartbeat(self.study, self.storage, trial)
                 beat = time.monotonic()
             if self.stop.is_set():
-                _stop(proc)
+                stop_process(proc)
                 return "interrupted"
             if timeout and time.monotonic() - start > timeout:
-                _stop(proc)
+                stop_process(proc)
                 return f"timed out after {timeout:g} s (trial_timeout)"
 
     def _progress(
@@ -293,75 +291,6 @@ class Sweep:
     ) -> None:
         spec = self.spec
         with self.lock:
-            trials = studies.sweep_trials(self.study)
-            what = f"failed: {error}" if error else f"{spec.metric} {value:.4g}" + (" (pruned)" if pruned else "")
-            used = f"disk {size_text(disk.used_bytes(spec.output_dir))}"  # after this trial's pruning
-            if confirming:
-                confirmed = confirm.confirmation_trials(self.study)
-                done = len({t.user_attrs["key"] for t in confirmed if studies.is_active(t) and t.state.is_finished()})
-                total = len({t.user_attrs["key"] for t in confirmed if studies.is_active(t)})
-                line = f"confirm {done}/{total} (point {point}, new seed {seed}): {what} in {duration(wall)}; {used}"
-                print(line, flush=True)
-                write_report(self.study, spec.output_dir, spec.metric, spec.direction, plot=False, compare=spec.compare)
-                return
-            done = len({t.user_attrs["key"] for t in trials if studies.is_active(t) and t.state.is_finished()})
-            line = f"trial {done}/{self.total} (point {point}, seed {seed}): {what} in {duration(wall)}; {used}"
-            rows, best = summarize_points(trials, spec.direction)  # the best point by the report's own rule
-            if best is not None:
-                top = next(row for row in rows if row["point"] == best)
-                s = top["summary"]
-                spread = f" ± {s.sd:.2g}" if s.n > 1 else ""
-                line += (
-                    f"; best so far point {best} ({point_label(top['params'])}): "
-                    f"{s.mean:.4g}{spread} over {s.n} seed{'s' * (s.n > 1)}"
-                )
-                for note in edge_notes(trials, top["params"]):  # the first clause; summary.md says what to try
-                    line += f"; {note.split(':')[0]}"
-            print(line, flush=True)
+            outcome = Outcome(point, seed, value, wall, error, pruned, confirming)
+            print(progress_line(self.study, spec, outcome, self.total), flush=True)
             write_report(self.study, spec.output_dir, spec.metric, spec.direction, plot=False, compare=spec.compare)
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    """SIGTERM (the fit saves last.ckpt), then SIGKILL after 30 s, to the trial's whole process group."""
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _error_line(log: Path, returncode: int) -> str | None:
-    """The first line of a failed trial's error, from its log (``bertft: error: ...`` or the exception line)."""
-    if returncode == 0:
-        return None
-    text = log.read_text(encoding="utf-8", errors="replace").split("\n===== trial ")[-1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    starts = [i for i, line in enumerate(lines) if line.startswith("bertft: error:")]
-    if starts:
-        block = lines[starts[-1] :]
-        first = block[0].removeprefix("bertft: error:").strip()
-        # jsonargparse lists why each type of a union failed; the one that is not "Expected a <class ...>" says why
-        reasons = [line[2:] for line in block[1:] if line.startswith("- ") and not line.startswith("- Expected a")]
-        return f"{first}: {reasons[0]}" if reasons else first
-    for line in reversed(lines):
-        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line):
-            return line
-    if returncode < 0:
-        name = signal.Signals(-returncode).name
-        return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
-    return lines[-1] if lines else f"exit status {returncode}"
-
-
-def duration(seconds: float) -> str:
-    """``2 min 10 s``, ``1 h 3 min``, ``45 s``."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"

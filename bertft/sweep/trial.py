@@ -6,7 +6,8 @@ pruning on, it reports each validation to the Optuna trial and stops the fit whe
 is saved in checkpoints, so a trial resumed from ``last.ckpt`` keeps its best value.
 
 ``python -m bertft.sweep.trial fit ...`` is ``python -m bertft fit ...`` that also dies with the sweep process that
-started it (Linux ``PR_SET_PDEATHSIG``): a sweep killed with SIGKILL leaves no orphaned trainings behind.
+started it (Linux ``PR_SET_PDEATHSIG``): a sweep killed with SIGKILL leaves no orphaned trainings behind. The
+sweep stops that process with :func:`stop_process` and reads why it failed with :func:`error_line`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import ctypes
 import json
 import math
 import os
+import re
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -209,3 +212,39 @@ if __name__ == "__main__":
     from bertft.training.lightning_cli import main
 
     main()  # reads sys.argv[1:]: the subcommand (fit, or test for --test_best) and its options
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM (the fit saves last.ckpt), then SIGKILL after 30 s, to the trial's whole process group."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def error_line(log: Path, returncode: int) -> str | None:
+    """The first line of a failed trial's error, from its log (``bertft: error: ...`` or the exception line)."""
+    if returncode == 0:
+        return None
+    text = log.read_text(encoding="utf-8", errors="replace").split("\n===== trial ")[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("bertft: error:")]
+    if starts:
+        block = lines[starts[-1] :]
+        first = block[0].removeprefix("bertft: error:").strip()
+        # jsonargparse lists why each type of a union failed; the one that is not "Expected a <class ...>" says why
+        reasons = [line[2:] for line in block[1:] if line.startswith("- ") and not line.startswith("- Expected a")]
+        return f"{first}: {reasons[0]}" if reasons else first
+    for line in reversed(lines):
+        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line):
+            return line
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    return lines[-1] if lines else f"exit status {returncode}"
