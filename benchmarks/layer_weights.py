@@ -9,6 +9,8 @@ point only), takes the head's ``mix.layer_logits`` and ``mix.gamma``, and writes
 
     python -m bertft sweep --config configs/sweeps/weighted_mix_lr_stsb.yaml
     python benchmarks/layer_weights.py outputs/sweeps/weighted_mix_lr_stsb
+
+More sweep folders after the first (a sweep past the first one's edge) add their trials to the first one's outputs.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def learned_mix(trial_folder: Path) -> tuple[list[float], float] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_folder", type=Path)
+    parser.add_argument("sweep_folder", type=Path, help="where the outputs go, with its trials")
+    parser.add_argument("more", type=Path, nargs="*", help="further sweep folders whose trials join the first's")
     parser.add_argument("--key", help="the searched key to group by (default: the sweep's compare key)")
     args = parser.parse_args()
     folder: Path = args.sweep_folder
@@ -55,15 +58,16 @@ def main() -> None:
         raise SystemExit(f"{folder}: the sweep compares no key; give --key model.mix_lr (or another searched key)")
     metric = record["metric"]
     groups: dict[str, list[dict[str, Any]]] = {}
-    for row in trial_rows(folder):
-        mix = learned_mix(folder / "trials" / Path(row["folder"]).name)  # wherever the sweep was run from
-        if mix is None:
-            print(f"point {row['point']} seed {row['seed']}: no best checkpoint in {row['folder']}; skipped")
-            continue
-        weights, gamma = mix
-        groups.setdefault(row[key], []).append(
-            {"seed": int(row["seed"]), "weights": weights, "gamma": gamma, "value": float(row[metric])}
-        )
+    for sweep in [folder, *args.more]:
+        for row in trial_rows(sweep):
+            mix = learned_mix(sweep / "trials" / Path(row["folder"]).name)  # wherever the sweep was run from
+            if mix is None:
+                print(f"point {row['point']} seed {row['seed']}: no best checkpoint in {row['folder']}; skipped")
+                continue
+            weights, gamma = mix
+            groups.setdefault(row[key], []).append(
+                {"seed": int(row["seed"]), "weights": weights, "gamma": gamma, "value": float(row[metric])}
+            )
     if not groups:
         raise SystemExit(f"{folder}: no finished trial with a best checkpoint")
     write_table(folder, key, metric, groups)
