@@ -413,6 +413,7 @@ def run_bertft(spec: dict[str, Any]) -> dict[str, Any]:
         f"--seed_everything={spec['seed']}",
         f"--data.train_file={spec['train_file']}",
         f"--data.max_length={spec['max_length']}",
+        f"--model.lr={LR}",  # every variant trains at the same rate (the quickstart ships a tuned one of its own)
     ]  # fmt: skip
     if spec["variant"] == "bertft_fast":
         argv[2:2] = ["--config", str(ROOT / "configs" / "speed" / "fast.yaml")]
