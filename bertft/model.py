@@ -248,7 +248,9 @@ class FineTuner(L.LightningModule):
         trainable, total = count_parameters(self)
         share = trainable / total
         settings = self.hparams["peft"]
-        targets = ", ".join(sorted(self.encoder.peft_config["default"].target_modules))  # auto and all-linear resolved
+        # auto and all-linear resolved; all-linear resolves to one full path per layer, so name each kind once
+        resolved = self.encoder.peft_config["default"].target_modules
+        targets = ", ".join(sorted({name.rsplit(".", 1)[-1] for name in resolved}))
         rank_zero_info(
             f"peft: {settings['method']} r={settings['r']} on {targets}: {trainable:,} of "
             f"{total:,} parameters train ({100 * share:.2f}%; adapters and head), the encoder's own stay frozen"

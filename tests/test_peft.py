@@ -316,7 +316,8 @@ def test_ddp_through_the_cli_with_the_default_logger(sst2: dict[str, str], tiny_
                  batch_size=8, max_steps=4),
         timeout=300,
     )  # fmt: skip
-    assert "peft: lora r=8 on key, query, value: " in run.stderr + run.stdout  # the trainable share, printed
+    # the trainable share, printed; configs/peft/lora.yaml adapts every linear layer, each kind named once
+    assert "peft: lora r=8 on dense, key, query, value: " in run.stderr + run.stdout
     (version,) = (tmp_path / "csv").iterdir()
     saved = torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] > 0
