@@ -258,21 +258,28 @@ class FineTuner(L.LightningModule):
         for logger in self.loggers:  # rank zero only: Lightning's loggers log there alone
             logger.log_hyperparams({"params/trainable": trainable, "params/total": total, "params/share": share})
 
+    def _base_never_trains(self) -> bool:
+        """Whether the encoder's own weights stay as loaded for the whole run: under LoRA and linear probing."""
+        return self.hparams.get("peft") is not None or bool(self.hparams.get("freeze_encoder"))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """With ``peft``: leaves the frozen encoder out; the checkpoint keeps what trains and names the base."""
-        if self.hparams.get("peft") is None:
+        """With ``peft`` or ``freeze_encoder``: leaves the frozen encoder out; keeps what trains and names the base.
+
+        A linear probe's checkpoint shrinks from the whole encoder to its head (271 MB to tens of kB on MiniLM).
+        """
+        if not self._base_never_trains():
             return
         frozen = frozen_state_keys(self.encoder, "encoder.")
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
         checkpoint["bertft_adapters"] = {"base_encoder": self.hparams["encoder"], "left_out": len(frozen)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """With ``peft``: fills in the frozen encoder's weights from the base this model was built from.
+        """With ``peft`` or ``freeze_encoder``: fills in the frozen encoder's weights from the base it was built from.
 
         So the strict load that follows checks every adapter and head weight, and resuming works as for full
-        fine-tuning.
+        fine-tuning. A checkpoint that holds the encoder (saved before bertft left it out) keeps its own copy.
         """
-        if self.hparams.get("peft") is None:
+        if not self._base_never_trains():
             return
         state, own = checkpoint["state_dict"], self.state_dict()
         for key in frozen_state_keys(self.encoder, "encoder."):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import bertft
 from bertft import FineTuner
 from bertft.cli import main
 from bertft.heads import (
@@ -21,6 +22,7 @@ from bertft.heads import (
     MeanMaxHead,
     WeightedLayersHead,
 )
+from bertft.training.checks import checkpoint_bytes
 
 from .helpers import CONFIGS as CONFIG_DIR
 from .helpers import cli_args, run_bertft, sst2_rows, write_tsv
@@ -56,6 +58,42 @@ def test_every_shipped_config_runs_as_written(config: Path, tmp_path: Path, tiny
     written = [p.name for pattern in METRICS_FILES for p in out.rglob(pattern)]
     assert written, f"no metrics from the logger under {out}: {sorted(p.name for p in out.rglob('*'))}"
     assert any(key.startswith("test/") for key in cli.trainer.callback_metrics)  # fit tested the best checkpoint
+
+
+def test_a_linear_probe_checkpoint_holds_the_head_and_loads_onto_the_base(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    """``configs/sst2_linear_probe.yaml``'s encoder never trains, so its checkpoints leave it out (271 MB on MiniLM)
+    and name the base; loading rebuilds the encoder from it, and validate, predict and resuming work as before."""
+    out = tmp_path / "run"
+    train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 64))
+    val = write_tsv(tmp_path / "val.tsv", sst2_rows("test", 16))
+    probe = CONFIG_DIR / "sst2_linear_probe.yaml"
+    cli = main(cli_args(out, "--trainer.val_check_interval=2", configs=[probe], encoder=tiny_bert_dir, train=train,
+                        val=val, test=val, max_steps=2, batch_size=16))  # fmt: skip
+    (last,) = out.rglob("last.ckpt")
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert set(saved["state_dict"]) == {n for n, p in cli.model.named_parameters() if p.requires_grad}
+    assert all(key.startswith("head.") for key in saved["state_dict"])
+    assert saved["bertft_adapters"]["base_encoder"] == str(tiny_bert_dir)
+    assert last.stat().st_size < 0.1 * (tiny_bert_dir / "model.safetensors").stat().st_size
+    assert checkpoint_bytes(cli.model) < 2 * last.stat().st_size  # the disk check before fit counts what is saved
+
+    loaded = FineTuner.load_from_checkpoint(last, map_location="cpu", weights_only=True).state_dict()
+    trained = cli.model.state_dict()
+    assert loaded.keys() == trained.keys()
+    assert all(torch.equal(loaded[k], trained[k]) for k in trained)  # the encoder from the base, the head saved
+
+    validated = main(cli_args(tmp_path / "v", f"--ckpt_path={last}", command="validate", val=val, quoting=False,
+                              logger=False))  # fmt: skip
+    assert "val/acc" in validated.trainer.callback_metrics
+    predictions = tmp_path / "predictions.csv"
+    main(cli_args(tmp_path / "p", f"--ckpt_path={last}", f"--prediction.output_file={predictions}",
+                  command="predict", predict=val, quoting=False, logger=False))  # fmt: skip
+    assert len(predictions.read_text().splitlines()) == 17
+    assert bertft.load(last).predict(["a gripping, funny film"])[0]["label"] in {"0", "1"}  # export and serve load so
+    resumed = main(cli_args(out, "--trainer.val_check_interval=2", "--ckpt_path=last", configs=[probe],
+                            encoder=tiny_bert_dir, train=train, val=val, test=val, max_steps=4,
+                            batch_size=16))  # fmt: skip
+    assert resumed.trainer.global_step == 4
 
 
 def test_the_fast_recipe_layers_on_a_config() -> None:

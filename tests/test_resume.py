@@ -81,23 +81,28 @@ def test_loader_counts_batches_received_not_fetched_ahead() -> None:
 # ----- kill -9 and resume on the real MiniLM -----------------------------------------------------------------------
 
 
+#: The second kind of checkpoint: a linear probe's holds only the head (the frozen encoder comes from the base).
+PROBE = ("--model.freeze_encoder=true", "--model.head=bertft.heads.WeightedLayersHead")
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_ckpt_path_last_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [(), PROBE], ids=["full", "probe"])
+def test_sigkill_mid_epoch_then_ckpt_path_last_matches_an_uninterrupted_run(tmp_path: Path, extra: tuple) -> None:
     # 15 real SST-2 rows, batches of 5: 3 optimiser steps per epoch, 2 epochs; last.ckpt every 2 steps, so the first
     # one is written mid-epoch (step 2 of 3). Small because every checkpoint of MiniLM with AdamW is 270 MB.
     train = write_tsv(tmp_path / "train.tsv", sst2_rows("train", 15))
     val = write_tsv(tmp_path / "val.tsv", sst2_rows("test", 10))
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    run_bertft(*resume_fit_args(whole, train, val), timeout=600)
+    run_bertft(*resume_fit_args(whole, train, val, *extra), timeout=600)
 
     last = broken / "csv" / "version_0" / "checkpoints" / "last.ckpt"
-    run_bertft(*resume_fit_args(broken, train, val), timeout=600, returncode=-signal.SIGKILL,
+    run_bertft(*resume_fit_args(broken, train, val, *extra), timeout=600, returncode=-signal.SIGKILL,
                while_running=kill_once_written(last))  # fmt: skip
     interrupted = torch.load(last, map_location="cpu", weights_only=True)
     assert 0 < interrupted["global_step"] < 6  # killed before the end...
     assert interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] > 0  # ...mid-epoch
 
-    resumed = run_bertft(*resume_fit_args(broken, train, val, "--ckpt_path=last"), timeout=600)
+    resumed = run_bertft(*resume_fit_args(broken, train, val, *extra, "--ckpt_path=last"), timeout=600)
     assert f"Resuming from {last}" in resumed.stderr
     assert not (broken / "csv" / "version_1").exists()  # the resumed run continued in the killed run's folder
 
@@ -105,6 +110,7 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_matches_an_uninterrupted_run(tmp_
     b = torch.load(last, map_location="cpu", weights_only=True)
     assert a["global_step"] == b["global_step"] == 6
     assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(k.startswith("head.") for k in a["state_dict"]) == (extra == PROBE)  # tens of kB in a probe's
     for name, weight in a["state_dict"].items():
         assert torch.equal(weight, b["state_dict"][name]), name  # bit-equal, dropout masks and data order included
     for sa, sb in zip(

@@ -223,11 +223,12 @@ def check_checkpoint_matches(
 def checkpoint_bytes(model: torch.nn.Module) -> int:
     """About the size of one full checkpoint: every weight and buffer, plus AdamW's two moments per trained weight.
 
-    A LoRA model's checkpoints leave the frozen encoder out (:func:`bertft.adapters.frozen_state_keys`).
+    LoRA and linear-probing checkpoints leave the frozen encoder out (:func:`bertft.adapters.frozen_state_keys`).
     """
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     hparams = getattr(model, "hparams", None)
-    if isinstance(hparams, Mapping) and hparams.get("peft") and hasattr(model, "encoder"):
+    frozen_base = isinstance(hparams, Mapping) and (hparams.get("peft") or hparams.get("freeze_encoder"))
+    if frozen_base and hasattr(model, "encoder"):
         encoder = model.encoder
         left_out = [p for p in encoder.parameters() if not p.requires_grad] + list(encoder.buffers())
         weights -= sum(t.numel() * t.element_size() for t in left_out)

@@ -182,9 +182,12 @@ def resume_fit_args(out: Path, train: str | Path, val: str | Path, *extra: str) 
 
 
 def last_lr(metrics: Path) -> tuple[int, float]:
-    """The last logged step of a run's ``metrics.csv`` and the encoder's learning rate there."""
-    rows = [r for r in csv.DictReader(metrics.open()) if r.get("lr/encoder")]
-    return int(rows[-1]["step"]), float(rows[-1]["lr/encoder"])
+    """The last logged step of a run's ``metrics.csv`` and the encoder's learning rate there (the head's in a linear
+    probe, whose encoder has no optimiser group)."""
+    rows = list(csv.DictReader(metrics.open()))
+    group = "lr/encoder" if "lr/encoder" in rows[0] else "lr/head"
+    rows = [r for r in rows if r.get(group)]
+    return int(rows[-1]["step"]), float(rows[-1][group])
 
 
 def kill_once_written(path: Path, timeout: float = 300) -> Callable[[subprocess.Popen], None]:
