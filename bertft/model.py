@@ -258,18 +258,26 @@ class FineTuner(L.LightningModule):
         for logger in self.loggers:  # rank zero only: Lightning's loggers log there alone
             logger.log_hyperparams({"params/trainable": trainable, "params/total": total, "params/share": share})
 
-    def _base_never_trains(self) -> bool:
+    def base_never_trains(self) -> bool:
         """Whether the encoder's own weights stay as loaded for the whole run: under LoRA and linear probing."""
         return self.hparams.get("peft") is not None or bool(self.hparams.get("freeze_encoder"))
+
+    def checkpoint_left_out(self) -> set[str]:
+        """The ``state_dict`` keys a checkpoint leaves out: the frozen encoder's when it never trains, else none.
+
+        The one rule both saving and the disk check before a fit (:func:`bertft.training.checks.checkpoint_bytes`)
+        follow, so the space asked for is the space written.
+        """
+        return frozen_state_keys(self.encoder, "encoder.") if self.base_never_trains() else set()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """With ``peft`` or ``freeze_encoder``: leaves the frozen encoder out; keeps what trains and names the base.
 
         A linear probe's checkpoint shrinks from the whole encoder to its head (271 MB to tens of kB on MiniLM).
         """
-        if not self._base_never_trains():
+        frozen = self.checkpoint_left_out()
+        if not frozen:
             return
-        frozen = frozen_state_keys(self.encoder, "encoder.")
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
         checkpoint["bertft_adapters"] = {"base_encoder": self.hparams["encoder"], "left_out": len(frozen)}
 
@@ -279,10 +287,8 @@ class FineTuner(L.LightningModule):
         So the strict load that follows checks every adapter and head weight, and resuming works as for full
         fine-tuning. A checkpoint that holds the encoder (saved before bertft left it out) keeps its own copy.
         """
-        if not self._base_never_trains():
-            return
         state, own = checkpoint["state_dict"], self.state_dict()
-        for key in frozen_state_keys(self.encoder, "encoder."):
+        for key in self.checkpoint_left_out():
             if key in own:  # non-persistent buffers are in neither
                 state.setdefault(key, own[key])
 

@@ -11,9 +11,11 @@ import torch
 from torch import nn
 
 from bertft import FineTuner
+from bertft.adapters import PeftSettings
 from bertft.encoder import EncoderOutput
 from bertft.heads import Head, MeanHead, PoolerHead, WeightedLayersHead, masked_mean
 from bertft.optim import warmup_then_decay
+from bertft.training.checks import checkpoint_bytes
 
 from .helpers import fit, make_batches, quiet_trainer, sst2_rows
 
@@ -80,6 +82,20 @@ def test_frozen_encoder_does_not_move_and_the_head_does(tiny_bert_dir: Path) -> 
     for k, v in model.encoder.state_dict().items():
         assert torch.equal(v, encoder_before[k]), k
     assert not torch.equal(model.head.state_dict()["mix.layer_logits"], head_before["mix.layer_logits"])
+
+
+@pytest.mark.parametrize("kind", ["full", "freeze_encoder", "peft"])
+def test_the_disk_check_counts_the_weights_a_checkpoint_keeps(kind: str, tiny_bert_dir: Path) -> None:
+    """``checkpoint_bytes`` and saving follow one rule (``FineTuner.checkpoint_left_out``), so the space asked for
+    before a fit is the space a checkpoint's weights take, for full fine-tuning, a linear probe and LoRA alike."""
+    settings = {"freeze_encoder": {"freeze_encoder": True}, "peft": {"peft": PeftSettings(r=4)}}.get(kind, {})
+    model = FineTuner(str(tiny_bert_dir), **settings)
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    saved = sum(t.numel() * t.element_size() for t in checkpoint["state_dict"].values())
+    moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    assert checkpoint_bytes(model) == saved + moments
+    assert (len(checkpoint["state_dict"]) < len(model.state_dict())) == (kind != "full")
 
 
 def test_a_frozen_encoder_gives_fixed_features_and_leaves_no_module_in_eval_mode(tiny_bert_dir: Path) -> None:

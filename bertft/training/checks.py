@@ -223,15 +223,14 @@ def check_checkpoint_matches(
 def checkpoint_bytes(model: torch.nn.Module) -> int:
     """About the size of one full checkpoint: every weight and buffer, plus AdamW's two moments per trained weight.
 
-    LoRA and linear-probing checkpoints leave the frozen encoder out (:func:`bertft.adapters.frozen_state_keys`).
+    What the model's ``checkpoint_left_out()`` names (the frozen encoder of a LoRA or linear-probing run, see
+    :meth:`bertft.model.FineTuner.checkpoint_left_out`) is not counted: checkpoints leave it out.
     """
-    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    hparams = getattr(model, "hparams", None)
-    frozen_base = isinstance(hparams, Mapping) and (hparams.get("peft") or hparams.get("freeze_encoder"))
-    if frozen_base and hasattr(model, "encoder"):
-        encoder = model.encoder
-        left_out = [p for p in encoder.parameters() if not p.requires_grad] + list(encoder.buffers())
-        weights -= sum(t.numel() * t.element_size() for t in left_out)
+    left_out_keys = getattr(model, "checkpoint_left_out", None)
+    left_out = left_out_keys() if callable(left_out_keys) else set()
+    # The state_dict, as saved: it has no non-persistent buffers, and tied weights are written once.
+    kept = {t.data_ptr(): t for name, t in model.state_dict().items() if name not in left_out}
+    weights = sum(t.numel() * t.element_size() for t in kept.values())
     moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     return weights + moments
 
