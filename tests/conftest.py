@@ -17,6 +17,8 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One token cache for the whole run (subprocesses inherit it), never the user's ~/.cache/bertft.
 os.environ["BERTFT_CACHE"] = tempfile.mkdtemp(prefix="bertft-test-cache-")
+# fp32 on every CPU, AMX ones too (an unset precision would pick bf16 there): the exact comparisons assume it.
+os.environ["BERTFT_CPU_BF16"] = "0"
 
 from .helpers import MINILM, sst2_rows, write_tsv  # noqa: E402
 

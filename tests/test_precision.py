@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,10 @@ from .helpers import cli_args, sst2_rows, write_tsv
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache() -> None:
+def _fresh_cache() -> Iterator[None]:
+    """Clears the cached choice before and after: a pretended AMX must not leak into the tests that run later."""
+    precision.default_precision.cache_clear()
+    yield
     precision.default_precision.cache_clear()
 
 

@@ -8,6 +8,7 @@ start-up, so that every process of a multi-process run picks the same precision.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 
@@ -17,7 +18,14 @@ BF16, FP32 = "bf16-mixed", "32-true"
 
 
 def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU has AMX tiles with bf16 support (Intel Sapphire Rapids and newer)."""
+    """Whether this CPU has AMX tiles with bf16 support (Intel Sapphire Rapids and newer).
+
+    ``BERTFT_CPU_BF16=0`` in the environment answers no, so an unset ``precision`` stays fp32 on such a CPU: the
+    test suite sets it, as its exact comparisons (DDP against one process, predict against a forward pass) assume fp32
+    on every CPU; subprocesses inherit it.
+    """
+    if os.environ.get("BERTFT_CPU_BF16") == "0":
+        return False
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, but what oneDNN itself consults
     if probe is not None:
         try:
