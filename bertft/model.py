@@ -287,8 +287,11 @@ class FineTuner(L.LightningModule):
         So the strict load that follows checks every adapter and head weight, and resuming works as for full
         fine-tuning. A checkpoint that holds the encoder (saved before bertft left it out) keeps its own copy.
         """
+        left_out = self.checkpoint_left_out()
+        if not left_out:
+            return
         state, own = checkpoint["state_dict"], self.state_dict()
-        for key in self.checkpoint_left_out():
+        for key in left_out:
             if key in own:  # non-persistent buffers are in neither
                 state.setdefault(key, own[key])
 
